@@ -1,0 +1,31 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   - build .venv, install steadylm, run `steadylm demo`
+#   make test   - build .venv with the test tools, run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+# torch is installed first and pinned here (this machine has a CPU build of 2.13.0 on disk;
+# an unpinned torch pulls a multi-GB CUDA build). pyproject.toml only asks for a lower bound.
+TORCH  ?= torch==2.13.0
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.steadylm-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: venv demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.steadylm-*
+	touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/steadylm demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) runs build src/*.egg-info .pytest_cache

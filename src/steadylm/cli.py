@@ -1,0 +1,219 @@
+"""The ``steadylm`` command: parse arguments, call the library, map `SteadyError` to exit 2.
+
+Thin on purpose: every command is a library call (`steadylm.train.loop.train`,
+`steadylm.evaluate.perplexity.evaluate_perplexity`, `steadylm.demo.run_demo`). Heavy imports
+(torch, transformers) happen inside the commands, so ``steadylm --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from . import __version__
+from .config import CLIP_METHODS, SECTIONS, TrainConfig, help_of, load_config_file, merge
+from .errors import SteadyError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line: ``steadylm: error: ...`` and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"steadylm: error: {self.prog.removeprefix('steadylm').strip() + ': ' if self.prog != 'steadylm' else ''}{message}\n")
+        sys.exit(2)
+
+
+# flag, section (None = top level), field, type
+_TRAIN_FLAGS: list[tuple[str, str | None, str, Any]] = [
+    ("--data", "data", "source", str),
+    ("--context", "data", "context", int),
+    ("--vocab-size", "data", "vocab_size", int),
+    ("--val-fraction", "data", "val_fraction", float),
+    ("--preset", "model", "preset", str),
+    ("--model", "model", "path", str),
+    ("--dropout", "model", "dropout", float),
+    ("--steps", None, "steps", int),
+    ("--seed", None, "seed", int),
+    ("--threads", None, "threads", int),
+    ("--eval-batch-size", None, "eval_batch_size", int),
+    ("--lr", "optim", "lr", float),
+    ("--min-lr-ratio", "optim", "min_lr_ratio", float),
+    ("--warmup-steps", "optim", "warmup_steps", int),
+    ("--batch-size", "optim", "batch_size", int),
+    ("--grad-accum", "optim", "grad_accum", int),
+    ("--weight-decay", "optim", "weight_decay", float),
+    ("--l2", "optim", "l2", float),
+    ("--l1", "optim", "l1", float),
+    ("--clip", "clip", "method", str),
+    ("--max-norm", "clip", "max_norm", float),
+    ("--clip-value", "clip", "clip_value", float),
+    ("--checkpoint-every", "checkpoint", "every", int),
+    ("--keep-checkpoints", "checkpoint", "keep", int),
+]
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    for flag, section, name, typ in _TRAIN_FLAGS:
+        cls = SECTIONS[section] if section else TrainConfig
+        kw: dict[str, Any] = {"type": typ, "default": None, "help": help_of(cls, name)}
+        if flag == "--clip":
+            kw["metavar"] = "{" + ",".join(CLIP_METHODS) + "}"
+        p.add_argument(flag, dest=_dest(flag), **kw)
+    p.add_argument("--no-decay-embeddings", action="store_true", default=None, help="no weight decay on embedding matrices (OLMo 2)")
+    p.add_argument("--trust-remote-code", action="store_true", default=None, help=help_of(SECTIONS["model"], "trust_remote_code"))
+    p.add_argument("--config", metavar="FILE.toml", help="a TOML (or JSON) file with any of these settings; flags override it")
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    for flag, section, name, _ in _TRAIN_FLAGS:
+        v = getattr(args, _dest(flag))
+        if v is None:
+            continue
+        (d.setdefault(section, {}) if section else d)[name] = v
+    if args.no_decay_embeddings:
+        d.setdefault("optim", {})["decay_embeddings"] = False
+    if args.trust_remote_code:
+        d.setdefault("model", {})["trust_remote_code"] = True
+    if getattr(args, "out", None) is not None:
+        d["out"] = args.out
+    return d
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="steadylm", description="Keep large language models steady, and prove it with numbers.")
+    p.add_argument("--version", action="version", version=f"steadylm {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    demo = sub.add_parser("demo", help="train a tiny model on the built-in corpus with the stabilizers on, then evaluate it")
+    demo.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo; a previous demo there is replaced)")
+    demo.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the demo's)")
+
+    tr = sub.add_parser("train", help="train or fine-tune a causal LM with stabilizers and kill-proof checkpoints")
+    tr.add_argument("--out", default=None, help="run folder to write (required unless --resume)")
+    tr.add_argument("--resume", metavar="DIR", default=None, help="continue the run in DIR from its newest complete checkpoint")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing run folder given with --out")
+    tr.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+    _add_train_args(tr)
+
+    ev = sub.add_parser("eval", help="evaluate a model")
+    evsub = ev.add_subparsers(dest="eval_command", metavar="EVAL", parser_class=_Parser)
+    evsub.required = True
+    ppl = evsub.add_parser("perplexity", help="corpus-level perplexity, matching lm-eval-harness's loglikelihood_rolling")
+    ppl.add_argument("--model", required=True, help="a local Hugging Face causal-LM folder")
+    ppl.add_argument("--data", required=True, help="builtin:pydoc, a .txt file, a folder of .txt files, or a .jsonl file with 'text'")
+    ppl.add_argument("--window", type=int, default=None, help="tokens per window (default: the model's context)")
+    ppl.add_argument("--stride", type=int, default=None, help="new tokens scored per window (default: the window; smaller gives a sliding window)")
+    ppl.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: 8)")
+    ppl.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="compute dtype (default: float32)")
+    ppl.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ppl.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
+    ppl.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    sub.add_parser("presets", help="list the model presets")
+    return p
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train.loop import TrainingRun
+
+    if args.resume is not None:
+        given = [f for f, *_ in _TRAIN_FLAGS if getattr(args, _dest(f)) is not None]
+        given += [f for f in ("--out", "--config") if getattr(args, _dest(f)) is not None]
+        if args.overwrite:
+            given.append("--overwrite")
+        if given:
+            raise SteadyError(f"--resume continues a run with its saved settings; drop {', '.join(given)}")
+        run = TrainingRun.resume(args.resume)
+    else:
+        if args.out is None:
+            raise SteadyError("train needs --out DIR (or --resume DIR)")
+        base = load_config_file(args.config) if args.config else {}
+        cfg = TrainConfig.from_dict(merge(base, _train_overrides(args)), origin=args.config or "flags")
+        run = TrainingRun(cfg, overwrite=args.overwrite)
+    summary = run.run()
+    _print_summary(summary, as_json=args.json, title=f"run {run.out}")
+    return 0
+
+
+def _print_summary(d: dict[str, Any], *, as_json: bool, title: str) -> None:
+    if as_json:
+        print(json.dumps(d, ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, show_header=False)
+    for k, v in d.items():
+        t.add_row(k, f"{v:.6g}" if isinstance(v, float) else str(v))
+    Console().print(t)
+
+
+def _cmd_eval_perplexity(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SteadyError(f"--threads must be positive, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from .evaluate.perplexity import evaluate_perplexity
+
+    res = evaluate_perplexity(args.model, args.data, window=args.window, stride=args.stride, batch_size=args.batch_size,
+                              dtype=args.dtype, trust_remote_code=args.trust_remote_code, progress=not args.json)
+    d = res.to_dict()
+    if args.json:
+        print(json.dumps(d, ensure_ascii=False))
+    else:
+        d.pop("settings")
+        _print_summary(d, as_json=False, title=f"perplexity of {args.model} on {args.data}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, steps=args.steps)
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from .models.presets import PRESETS
+
+    for name, (cls, _, desc) in PRESETS.items():
+        print(f"{name:10s} {cls:14s} {desc}")
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """steadylm draws its own progress bars; silence transformers' and hub's tqdm bars."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    handlers = {"train": _cmd_train, "demo": _cmd_demo, "presets": _cmd_presets}
+    try:
+        if args.command == "eval":
+            return _cmd_eval_perplexity(args)
+        return handlers[args.command](args)
+    except SteadyError as e:
+        sys.stderr.write(f"steadylm: error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("steadylm: interrupted; finished checkpoints are kept (continue with --resume)\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Pack tokenized documents into fixed-length training blocks with a deterministic order.
+
+Documents are joined into one stream, each preceded by the separator token (BOS, else EOS), the
+same token lm-eval-harness puts in front of a document when it scores it. The stream is cut into
+non-overlapping blocks of ``context + 1`` tokens taken every ``context`` tokens (inputs are the
+first ``context``, labels the last ``context``), like nanoGPT's data loader but without random
+offsets, so that the order is a pure function of the seed.
+
+The order of blocks is a fresh permutation per epoch, drawn from a generator seeded by
+``(seed, epoch)``. Sample number ``g`` (counting across epochs) is therefore a function of
+``g`` alone: resuming at optimizer step ``s`` needs nothing but ``s`` to find its data, and
+the data position saved with a checkpoint is only a record.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import DataError
+
+
+class BlockDataset:
+    """Fixed-length blocks over a token stream, served in a seeded per-epoch order."""
+
+    def __init__(self, token_lists: list[list[int]], context: int, seed: int, separator: int | None, name: str = "data"):
+        stream: list[int] = []
+        for toks in token_lists:
+            if separator is not None:
+                stream.append(separator)
+            stream.extend(toks)
+        self.context = context
+        self.seed = seed
+        self.tokens = torch.tensor(stream, dtype=torch.long)
+        self.num_blocks = (len(stream) - 1) // context
+        if self.num_blocks < 1:
+            raise DataError(
+                f"{name}: only {len(stream)} tokens, fewer than one block of --context {context} + 1; "
+                "use more text or a smaller --context"
+            )
+        self._perm_epoch = -1
+        self._perm = torch.empty(0, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return self.num_blocks
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tokens.numel())
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(self.num_blocks, generator=g)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def position(self, sample: int) -> tuple[int, int]:
+        """(epoch, index within the epoch) of global sample number ``sample``."""
+        return divmod(sample, self.num_blocks)
+
+    def batch(self, start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples ``start .. start+size-1`` as (inputs, labels), each (B, T)."""
+        rows = []
+        for g in range(start, start + size):
+            epoch, i = self.position(g)
+            b = int(self._permutation(epoch)[i])
+            rows.append(self.tokens[b * self.context : b * self.context + self.context + 1])
+        block = torch.stack(rows)  # (B, T+1)
+        return block[:, :-1], block[:, 1:]

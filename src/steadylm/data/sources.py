@@ -1,0 +1,127 @@
+"""Read documents from the built-in corpus, ``.txt`` files, folders of them, or JSONL.
+
+A *document* is the unit of splitting and of perplexity evaluation: one ``.txt`` file, one JSONL
+line's ``text`` field, or one topic of the built-in corpus.
+
+Built-in sources (no download, present in every Python):
+
+* ``builtin:pydoc`` - CPython's ``pydoc_data.topics``: about 465 KB of English prose, one
+  document per help topic, in sorted topic order.
+
+Every input is checked before any work starts: a missing path, an empty file or folder, NUL bytes,
+text that is not UTF-8, a JSONL line that is not a JSON object with a string ``text`` field - each
+is a `DataError` naming the file (and line).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DataError
+
+BUILTINS = ("builtin:pydoc",)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Documents with the name of where they came from."""
+
+    name: str
+    documents: list[str]
+
+    def __len__(self) -> int:
+        return len(self.documents)
+
+
+def _builtin(name: str) -> list[str]:
+    if name == "builtin:pydoc":
+        from pydoc_data.topics import topics
+
+        docs = [topics[k].strip() for k in sorted(topics)]
+        return [d for d in docs if d]
+    raise DataError(f"unknown built-in source {name!r}; known: {', '.join(BUILTINS)}")
+
+
+def _decode(raw: bytes, where: str) -> str:
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise DataError(f"{where}: binary data (NUL byte at offset {nul}), expected UTF-8 text")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{where}: not UTF-8 text (invalid byte 0x{raw[e.start]:02x} on line {line})") from None
+    return text.removeprefix("\ufeff")
+
+
+def _read_txt(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    return _decode(raw, str(path))
+
+
+def _read_jsonl(path: Path) -> list[str]:
+    text = _read_txt(path)
+    docs: list[str] = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{i}: expected a JSON object with a 'text' field")
+        if "text" not in obj:
+            raise DataError(f"{path}:{i}: no 'text' field")
+        if not isinstance(obj["text"], str):
+            raise DataError(f"{path}:{i}: 'text' must be a string, got {type(obj['text']).__name__}")
+        if obj["text"].strip():
+            docs.append(obj["text"])
+    return docs
+
+
+def load_documents(source: str) -> Corpus:
+    """Load the documents of ``source``; raise `DataError` on anything unusable."""
+    if source.startswith("builtin:"):
+        return Corpus(source, _builtin(source))
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"{source}: no such file or folder")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise DataError(f"{source}: folder has no .txt files")
+        docs = [t for t in (_read_txt(p) for p in files) if t.strip()]
+    elif path.suffix.lower() in (".jsonl", ".json"):
+        docs = _read_jsonl(path)
+    else:
+        text = _read_txt(path)
+        docs = [text] if text.strip() else []
+    if not docs:
+        raise DataError(f"{source}: empty (no non-blank text)")
+    return Corpus(str(source), docs)
+
+
+def _bucket(doc: str) -> float:
+    """A stable number in [0, 1) from a document's content (independent of order and seed)."""
+    h = hashlib.sha256(doc.encode("utf-8")).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
+def split_documents(corpus: Corpus, val_fraction: float) -> tuple[list[str], list[str]]:
+    """Deterministic split by document content hash: the same document always lands on the
+    same side, whatever the order of the files. At least one document goes to each side."""
+    if len(corpus) < 2:
+        raise DataError(f"{corpus.name}: needs at least 2 documents to split into train and validation, has {len(corpus)}")
+    order = sorted(range(len(corpus)), key=lambda i: _bucket(corpus.documents[i]))
+    n_val = min(len(corpus) - 1, max(1, round(len(corpus) * val_fraction)))
+    val_idx = set(order[:n_val])
+    train = [d for i, d in enumerate(corpus.documents) if i not in val_idx]
+    val = [d for i, d in enumerate(corpus.documents) if i in val_idx]
+    return train, val

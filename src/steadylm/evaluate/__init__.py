@@ -1,0 +1,1 @@
+"""Evaluations of a trained model. Import the submodule you need (imports stay lazy)."""

@@ -1,0 +1,162 @@
+"""Model presets built from standard ``transformers`` configs, and HF-folder I/O.
+
+Every preset is a stock ``transformers`` architecture, so a folder steadylm writes loads with
+``AutoModelForCausalLM.from_pretrained`` in lm-eval-harness, vLLM or any other tool. Weights are
+always written and read as safetensors; a folder's own code runs only with ``trust_remote_code``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelError
+
+# name -> (transformers config class name, fields, one-line description)
+PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "nano": (
+        "LlamaConfig",
+        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2),
+        "Llama-style, ~0.3 M parameters at vocab 4096: for tests",
+    ),
+    "tiny": (
+        "LlamaConfig",
+        dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4),
+        "Llama-style, ~1.8 M parameters at vocab 4096: the demo model",
+    ),
+    "small": (
+        "LlamaConfig",
+        dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=6),
+        "Llama-style, ~13 M parameters at vocab 4096",
+    ),
+}
+
+
+def _dropout_fields(config) -> list[str]:
+    return [k for k in config.to_dict() if k.endswith("dropout") or k.endswith("pdrop") or k.endswith("dropout_prob")]
+
+
+def set_dropout(config, rate: float) -> list[str]:
+    """Set every dropout field of a transformers config to ``rate``; return the fields set.
+
+    Llama- and Qwen-style configs have only ``attention_dropout``; GPT-2-style ones have
+    residual, embedding and attention dropout."""
+    fields = _dropout_fields(config)
+    for k in fields:
+        setattr(config, k, rate)
+    return fields
+
+
+def build_model(preset: str, *, vocab_size: int, context: int, dropout: float = 0.0, seed: int = 0,
+                bos_token_id: int | None = None, eos_token_id: int | None = None, overrides: dict | None = None):
+    """A freshly initialised causal LM from a preset (deterministic for a given seed)."""
+    import torch
+    import transformers
+
+    if preset not in PRESETS:
+        raise ModelError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    cls_name, fields, _ = PRESETS[preset]
+    kwargs = dict(fields)
+    kwargs.update(
+        vocab_size=vocab_size,
+        max_position_embeddings=context,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=None,
+        tie_word_embeddings=False,
+    )
+    kwargs.update(overrides or {})
+    try:
+        config = getattr(transformers, cls_name)(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"preset {preset!r}: bad config override ({e})") from None
+    set_dropout(config, dropout)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return model
+
+
+def _is_causal_lm(config) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if getattr(config, "model_type", None) in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return True
+    archs = getattr(config, "architectures", None) or []
+    return any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs)
+
+
+def load_model(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_code: bool = False, dropout: float | None = None):
+    """Load a local HF causal-LM folder with safetensors weights; `ModelError` if it is not one."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"{path}: no such model folder")
+    if not p.is_dir() or not (p / "config.json").is_file():
+        raise ModelError(f"{path}: not a Hugging Face model folder (no config.json)")
+    if not any(p.glob("*.safetensors")):
+        raise ModelError(f"{path}: no safetensors weights (steadylm does not unpickle .bin files)")
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(p, local_files_only=True, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise ModelError(f"{path}: unreadable config.json ({type(e).__name__}: {_first_line(e)})") from None
+    if not _is_causal_lm(config):
+        raise ModelError(f"{path}: model type {getattr(config, 'model_type', '?')!r} is not a causal language model")
+    if dropout is not None:
+        set_dropout(config, dropout)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if torch_dtype is None:
+        raise ModelError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            p, config=config, local_files_only=True, trust_remote_code=trust_remote_code,
+            use_safetensors=True, dtype=torch_dtype,
+        )
+    except Exception as e:
+        raise ModelError(f"{path}: cannot load weights ({type(e).__name__}: {_first_line(e)})") from None
+    return model
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0][:200] if s else "no detail"
+
+
+def model_context(config) -> int | None:
+    """The longest sequence a model accepts, from its config (None if it does not say)."""
+    for k in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        v = getattr(config, k, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def model_hash(path: str | os.PathLike) -> str:
+    """sha256 (first 12 hex digits) over the folder's safetensors files, in name order."""
+    h = hashlib.sha256()
+    for f in sorted(Path(path).glob("*.safetensors")):
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def save_model(model, tokenizer, out: str | os.PathLike) -> Path:
+    """Write an HF folder (safetensors + tokenizer) atomically: a temporary folder, then rename."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,19 @@
+"""Training: clipping, regularization, checkpoints and the `steadylm train` loop.
+
+The pieces work in any PyTorch loop::
+
+    from steadylm.train import NormClip, param_groups, l2_penalty
+    clipper = NormClip(max_norm=1.0)
+    loss = model(x, labels=y).loss + l2_penalty(decayed_params, 1e-4)
+    loss.backward()
+    stats = clipper.clip_(model.parameters())   # stats.norm is the pre-clip norm
+    optimizer.step()
+"""
+
+from .clip import ClipStats, NoClip, NormClip, ValueClip, make_clipper
+from .regularize import l1_penalty, l2_penalty, param_groups
+
+__all__ = [
+    "ClipStats", "NoClip", "NormClip", "ValueClip", "make_clipper",
+    "l1_penalty", "l2_penalty", "param_groups",
+]

@@ -1,0 +1,117 @@
+"""Checkpoints that survive a kill.
+
+A checkpoint is a folder ``checkpoints/step-N/`` that is at the same time a complete Hugging Face
+model folder (``config.json``, ``model.safetensors``, tokenizer files) - so any checkpoint can be
+evaluated or averaged like a finished model - and the rest of the training state:
+
+* ``optimizer.pt`` - the optimizer's ``state_dict`` (tensors and numbers only; read back with
+  ``torch.load(weights_only=True)``, which refuses to unpickle code);
+* ``rng.pt`` - torch's CPU (and CUDA, when present) RNG states;
+* ``state.json`` - step, samples consumed, data position, elapsed seconds, and the size and
+  sha256 of every other file, checked before a resume so a corrupt checkpoint is named, not loaded.
+
+Writing is atomic: everything goes to ``step-N.tmp/`` first, which is renamed to ``step-N/``
+only when complete. A kill at any moment leaves either the old set of checkpoints or the new
+one. Old checkpoints beyond ``keep`` are deleted after the new one is in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckpointError
+from ..fsutil import fsync_dir, write_json_atomic
+
+_STEP = re.compile(r"^step-(\d+)$")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP.match(p.name)
+        if m and p.is_dir() and (p / "state.json").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model, tokenizer, optimizer, state: dict[str, Any], keep: int) -> Path:
+    """Write ``checkpoints/step-{step}`` atomically and prune to the newest ``keep``."""
+    import torch
+
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step}"
+    tmp = root / f"step-{step}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, tmp / "rng.pt")
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
+    write_json_atomic(tmp / "state.json", {**state, "step": step, "files": files})
+    if final.exists():  # a re-run of the same step after a resume: replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    fsync_dir(root)
+    for _, old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob("step-*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """Read ``state.json`` and check every file's size and hash; `CheckpointError` if anything is off."""
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt checkpoint (unreadable state.json: {e})") from None
+    files = state.get("files")
+    if not isinstance(files, dict) or "model.safetensors" not in files:
+        raise CheckpointError(f"{path}: corrupt checkpoint (state.json lists no files)")
+    for name, meta in files.items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{path}: corrupt checkpoint ({name} is missing)")
+        if f.stat().st_size != meta.get("bytes") or _sha256(f) != meta.get("sha256"):
+            raise CheckpointError(f"{path}: corrupt checkpoint ({name} does not match its recorded size and sha256)")
+    return state
+
+
+def load_training_state(path: Path, optimizer) -> dict[str, Any]:
+    """Restore optimizer and RNG state from a verified checkpoint; return its ``state.json``."""
+    import torch
+
+    state = verify_checkpoint(path)
+    try:
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+        rng = torch.load(path / "rng.pt", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: corrupt checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return state

@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny models and corpora built on the spot; no network, no hub."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+os.environ.setdefault("STEADYLM_PROGRESS", "0")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHINESE = (
+    "大语言模型的稳定性是指模型在不同输入、不同环境下表现的一致性和可靠性。"
+    "梯度裁剪通过限制梯度的范数来防止梯度爆炸，从而提高训练的稳定性。"
+)
+
+
+def run_cli(*args: str, timeout: float = 600, cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m steadylm ARGS`` as a real process and capture its output."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, "-m", "steadylm", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def pydoc_docs() -> list[str]:
+    from steadylm.data.sources import load_documents
+
+    return load_documents("builtin:pydoc").documents
+
+
+@pytest.fixture(scope="session")
+def tokenizer(pydoc_docs):
+    from steadylm.data.tokenizer import train_bpe
+
+    return train_bpe(pydoc_docs[:20] + [CHINESE], 400)
+
+
+@pytest.fixture(scope="session")
+def nano_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """A randomly initialised nano Llama with context 64, saved as an HF folder."""
+    from steadylm.models import build_model, save_model
+
+    model = build_model("nano", vocab_size=len(tokenizer), context=64, seed=0,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return save_model(model, tokenizer, tmp_path_factory.mktemp("models") / "nano")
