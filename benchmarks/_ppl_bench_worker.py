@@ -300,7 +300,7 @@ def main(argv=None) -> int:
     b.add_argument("--layers", type=int, default=10)
     b.add_argument("--heads", type=int, default=8)
     b.add_argument("--max-position-embeddings", type=int, default=512)
-    b.add_argument("--init-std", type=float, default=0.02)
+    b.add_argument("--init-std", type=float, default=0.05)
 
     r = sub.add_parser("bare")
     r.add_argument("--model", required=True)

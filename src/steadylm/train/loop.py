@@ -233,7 +233,7 @@ class TrainingRun:
                         "clipped": bool(stats.clipped), "lr": lr, "tokens_per_s": B * A * T / dt,
                     }
                     if cfg.optim.l2 or cfg.optim.l1:
-                        record["penalty"] = float(penalty)
+                        record["penalty"] = float(penalty.detach())
                     logger.log(record)
                     bar.update(task, advance=1, info=f"loss {last_loss:.3f}")
                     done = step + 1
@@ -245,14 +245,16 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ finish
     def finish(self, last_loss: float, seconds: float) -> dict[str, Any]:
+        from ..data.tokenizer import tokenizer_signature
         from ..evaluate.perplexity import compute_perplexity
-        from ..models.presets import save_model
+        from ..models.presets import model_hash, save_model
         from .monitor import read_metrics
 
         cfg = self.cfg
         model_dir = save_model(self.model, self.tokenizer, self.out / "model")
         val = compute_perplexity(self.model, self.tokenizer, self.val_docs, window=cfg.data.context,
-                                 batch_size=cfg.eval_batch_size, progress=True)
+                                 batch_size=cfg.eval_batch_size, progress=True,
+                                 settings={"model": model_hash(model_dir), "tok": tokenizer_signature(self.tokenizer), "dtype": "float32"})
         metrics = read_metrics(self.out)
         if math.isnan(last_loss) and metrics:
             last_loss = metrics[-1]["loss"]
