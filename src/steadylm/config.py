@@ -77,6 +77,11 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.preset is not None and self.path is not None:
             raise ConfigError("give either --preset or --model, not both")
+        if self.preset is not None:
+            from .models.presets import PRESETS
+
+            if self.preset not in PRESETS:
+                raise ConfigError(f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
 

@@ -83,10 +83,10 @@ def build_model(preset: str, *, vocab_size: int, context: int, dropout: float = 
 def _is_causal_lm(config) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    if getattr(config, "model_type", None) in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        return True
     archs = getattr(config, "architectures", None) or []
-    return any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs)
+    if archs:  # the folder says what it holds: believe it
+        return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    return getattr(config, "model_type", None) in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 
 def load_model(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_code: bool = False, dropout: float | None = None):

@@ -104,6 +104,9 @@ class TrainingRun:
         self.data_fingerprint = _fingerprint(corpus.documents)
 
         mcfg = cfg.model
+        base = None
+        if mcfg.path is not None:  # check the folder before the slower steps
+            base = load_model(mcfg.path, trust_remote_code=mcfg.trust_remote_code, dropout=mcfg.dropout)
         if self.resuming:
             tokenizer = load_tokenizer(str(self.out / "tokenizer"))
         elif mcfg.path is not None:
@@ -114,8 +117,8 @@ class TrainingRun:
         sep = separator_id(tokenizer)
         self.data = BlockDataset(encode_documents(tokenizer, train_docs), cfg.data.context, cfg.seed, sep, name=f"{corpus.name} (training split)")
 
-        if mcfg.path is not None:
-            model = load_model(mcfg.path, trust_remote_code=mcfg.trust_remote_code, dropout=mcfg.dropout)
+        if base is not None:
+            model = base
             ctx = model_context(model.config)
             if ctx is not None and cfg.data.context > ctx:
                 raise ConfigError(f"--context {cfg.data.context} is larger than the model's context of {ctx} tokens")

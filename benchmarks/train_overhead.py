@@ -1,0 +1,590 @@
+#!/usr/bin/env python3
+"""Training throughput: steadylm's real `TrainingRun` loop vs a bare nanoGPT-style PyTorch loop.
+
+Target: steadylm's tokens/s >= 0.95 x the bare loop's, on the demo model by default (preset
+'tiny', context 128, batch 16, byte-level BPE of vocab 4096 trained on builtin:pydoc - exactly
+``steadylm.demo.demo_config``).
+
+What is the same on both sides (checked, not assumed)
+-----------------------------------------------------
+* Model: ``build_model(preset, seed=cfg.seed, ...)`` - identical initial weights (compared).
+* Batches: the bare loop gathers block ``perm[g]`` of the same token stream with one vectorised
+  index per step, where ``perm`` is the same seeded per-epoch permutation steadylm uses; every
+  batch of the run is compared with ``BlockDataset.batch`` before timing starts.
+* Optimizer: ``torch.optim.AdamW(fused=True)``, same betas/eps, weight decay on every tensor with
+  ``ndim >= 2`` (nanoGPT's rule, which is steadylm's ``param_groups`` for a Llama), 0 on the rest.
+* LR schedule: warm-up + cosine, re-implemented nanoGPT-style and compared with ``lr_at`` for
+  every step.
+* Clipping: ``torch.nn.utils.clip_grad_norm_(params, 1.0)`` every step (steadylm clips by
+  default, so the bare loop must pay for it too).
+* Host reads: steadylm reads the loss and the grad norm as Python floats every step (for
+  metrics.jsonl), so the bare loop also calls ``loss.item()`` and ``norm.item()`` every step and
+  keeps them in a list (no I/O). On CPU these reads cost ~1 us; they would matter on a GPU.
+* After the run the per-step losses and the final weights of both models are compared; they are
+  bit-identical when both sides really did the same arithmetic.
+
+What steadylm does on top (and is therefore *measured as its overhead*)
+-----------------------------------------------------------------------
+Everything in its loop body as shipped: per-step lr update, ``BlockDataset.batch`` (a Python
+loop over the batch rows), ``loss_sum`` bookkeeping, the clipper's stats, one JSON line written
+and flushed to metrics.jsonl, the TensorBoard scalars, the (rich) progress bar update, and
+checkpoints at the default interval (``CheckpointConfig.every`` = 100, as in the demo).
+Nothing is disabled. The progress bar is on only when stderr is a terminal, exactly as in a real
+run (``--progress on|off`` forces it; run under ``script -qc '...' /dev/null`` to measure a
+real terminal). While the bare loop runs, steadylm's progress bar is stopped, so its refresh
+thread is not charged to the bare loop.
+
+How it is timed
+---------------
+One process, one model each, interleaved: after ``--warmup`` steps of each side (not measured),
+``--rounds`` rounds alternate blocks of ``--steps`` optimizer steps, ordered S B | B S | S B ...
+(ABBA, so neither side always runs on a cache warmed by the other). steadylm runs its real
+``TrainingRun.run()``; the benchmark hooks the start of each step (``loop.lr_at`` is the first
+thing a step calls) to take a timestamp, and runs the bare blocks from inside that hook, before
+taking the timestamp that starts steadylm's next step. A steadylm step's time is therefore the
+wall time of its *whole loop body* (logging, progress, checkpoint included), from one step start
+to the next; the final validation/model export in ``finish()`` is not part of training and is
+skipped. A bare step's time is likewise start-to-start of its loop body.
+
+Reported: median per-step time and tokens/s per side and their ratio (the headline, target
+0.95), plus an amortised figure - mean of the non-checkpoint steps plus the measured extra cost
+of a checkpoint step divided by the checkpoint interval - because a median ignores checkpoints.
+A component micro-benchmark then times each steadylm-only piece on its own.
+
+Machine load: torch's OpenMP threads slow down badly when another process competes for the
+cores. The script prints the load average; numbers taken with a 1-minute load above ~0.5 are
+flagged as not representative (``--wait-quiet`` waits for a quiet machine first).
+
+Exit status is 0 whenever the measurement completed (it is a measurement, not a test); 2 on a
+setup error. Example::
+
+    .venv/bin/python benchmarks/train_overhead.py --out benchmarks/out/train_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET = 0.95
+QUIET_LOAD = 0.5
+
+
+# ----------------------------------------------------------------------------- helpers
+def _load() -> tuple[float, float, float]:
+    try:
+        return os.getloadavg()
+    except OSError:  # pragma: no cover
+        return (float("nan"),) * 3
+
+
+def _wait_quiet(max_wait: float, threshold: float) -> float:
+    """Wait until the 1-minute load is below ``threshold`` (at most ``max_wait`` s); return the load."""
+    t0 = time.monotonic()
+    while True:
+        l1 = _load()[0]
+        if l1 < threshold or time.monotonic() - t0 >= max_wait:
+            return l1
+        print(f"  waiting for a quiet machine: load {l1:.2f} >= {threshold}", file=sys.stderr, flush=True)
+        time.sleep(10)
+
+
+def _stats(times: list[float]) -> dict:
+    return {
+        "n": len(times),
+        "median_s": statistics.median(times),
+        "mean_s": statistics.fmean(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "stdev_s": statistics.stdev(times) if len(times) > 1 else 0.0,
+    }
+
+
+def _timeit(fn, n: int) -> float:
+    """Median seconds of ``fn()`` over ``n`` calls (after 3 warm-up calls)."""
+    for _ in range(3):
+        fn()
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+# ----------------------------------------------------------------------------- bare loop
+class BareLoop:
+    """nanoGPT's train.py loop on the same model/batches/optimizer/schedule; nothing else."""
+
+    def __init__(self, run, cfg):
+        import torch
+
+        from steadylm.models.presets import build_model
+
+        self.torch = torch
+        tok = run.tokenizer
+        self.model = build_model(
+            cfg.model.preset or "tiny", vocab_size=len(tok), context=cfg.data.context, dropout=cfg.model.dropout,
+            seed=cfg.seed, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, overrides=cfg.model.overrides,
+        )
+        self.model.train()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=True,
+        )
+        # clip in the optimizer's parameter order, as steadylm does: the global norm is a sum whose
+        # order changes its last bits, and with it the weights (nanoGPT passes model.parameters())
+        self.params = decay + no_decay
+        self.max_norm = cfg.clip.max_norm
+        self.B, self.A, self.T = o.batch_size, o.grad_accum, cfg.data.context
+        self.steps, self.peak, self.min_lr = cfg.steps, o.lr, o.lr * o.min_lr_ratio
+        self.warmup = cfg.warmup_steps
+        # data: the same token stream and seeded per-epoch permutation as BlockDataset
+        self.tokens = run.data.tokens
+        self.num_blocks = run.data.num_blocks
+        self.seed = run.data.seed
+        self.offsets = torch.arange(self.T + 1)
+        self._perms: dict[int, torch.Tensor] = {}
+        self.losses: list[float] = []
+        self.norms: list[float] = []
+        self.times: list[float] = []  # per step, start-to-start of its body
+        self.next_step = 0
+
+    def get_lr(self, it: int) -> float:
+        if it < self.warmup:
+            return self.peak * (it + 1) / self.warmup
+        ratio = min(1.0, (it - self.warmup) / max(1, self.steps - self.warmup))
+        return self.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (self.peak - self.min_lr)
+
+    def get_batch(self, start: int):
+        torch = self.torch
+        g = torch.arange(start, start + self.B)
+        epochs, idx = g // self.num_blocks, g % self.num_blocks
+        e0 = int(epochs[0])
+        if int(epochs[-1]) == e0:  # the usual case: one epoch, one gather
+            blocks = self._perm(e0)[idx]
+        else:
+            blocks = torch.stack([self._perm(int(e))[int(i)] for e, i in zip(epochs, idx)])
+        block = self.tokens[blocks[:, None] * self.T + self.offsets]  # (B, T+1)
+        return block[:, :-1], block[:, 1:]
+
+    def _perm(self, epoch: int):
+        p = self._perms.get(epoch)
+        if p is None:
+            gen = self.torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            p = self._perms[epoch] = self.torch.randperm(self.num_blocks, generator=gen)
+        return p
+
+    def run_steps(self, n: int) -> None:
+        import torch.nn.functional as F
+
+        torch = self.torch
+        model, opt, B, A = self.model, self.optimizer, self.B, self.A
+        t_prev = time.perf_counter()
+        for _ in range(n):
+            it = self.next_step
+            lr = self.get_lr(it)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            for micro in range(A):
+                x, y = self.get_batch((it * A + micro) * B)
+                logits = model(input_ids=x, use_cache=False).logits
+                loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+                (loss / A).backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            self.losses.append(loss.item())  # last micro-batch's loss, as nanoGPT logs
+            self.norms.append(norm.item())
+            t = time.perf_counter()
+            self.times.append(t - t_prev)
+            t_prev = t
+            self.next_step += 1
+
+
+# ----------------------------------------------------------------------------- the benchmark
+def run_benchmark(args) -> dict:
+    import torch
+
+    import steadylm.progress as progress_mod
+    import steadylm.train.loop as loop
+    from steadylm.demo import demo_config
+
+    if args.progress == "on":
+        os.environ["STEADYLM_PROGRESS"] = "1"
+    elif args.progress == "off":
+        os.environ["STEADYLM_PROGRESS"] = "0"
+    progress_on = progress_mod.progress_enabled()
+
+    W, N, R = args.warmup, args.steps, args.rounds
+    total = W + N * R
+    work = Path(tempfile.mkdtemp(prefix="steadylm-train-overhead-", dir=args.workdir))
+    cfg = demo_config(str(work / "run"), steps=total)
+    cfg.model.preset = args.preset
+    cfg.data.source = args.data
+    cfg.data.context = args.context
+    cfg.data.vocab_size = args.vocab_size
+    cfg.optim.batch_size = args.batch_size
+    cfg.optim.grad_accum = args.grad_accum
+    cfg.threads = args.threads
+    from steadylm.config import CheckpointConfig
+
+    cfg.checkpoint = CheckpointConfig()  # the default interval (100), not demo_config's steps // 3
+    if args.checkpoint_every is not None:
+        cfg.checkpoint.every = args.checkpoint_every
+    cfg.__post_init__()
+
+    # schedule: bare steps to run before steadylm step k (k == total: after its last step)
+    segments = [("S", W), ("B", W)]
+    for r in range(R):
+        segments += [("S", N), ("B", N)] if r % 2 == 0 else [("B", N), ("S", N)]
+    bare_before = [0] * (total + 1)
+    s_done = 0
+    for side, n in segments:
+        if side == "S":
+            s_done += n
+        else:
+            bare_before[s_done] += n
+
+    state: dict = {"bare": None, "bar": None, "starts": [], "ends": [], "t_setup": None}
+    real_lr_at = loop.lr_at
+    real_make_progress = progress_mod.make_progress
+
+    def make_progress_hook(*a, **kw):
+        bar = real_make_progress(*a, **kw)
+        state["bar"] = bar
+        return bar
+
+    def run_bare(n: int) -> None:
+        if not n:
+            return
+        bar = state["bar"]
+        live = bar is not None and not bar.disable and bar.live.is_started
+        if live:
+            bar.stop()  # its refresh thread must not be charged to the bare loop
+        state["bare"].run_steps(n)
+        if live:
+            bar.start()
+
+    def lr_at_hook(step, c):
+        t = time.perf_counter()
+        if state["starts"]:
+            state["ends"].append(t)
+        run_bare(bare_before[step])
+        state["starts"].append(time.perf_counter())
+        return real_lr_at(step, c)
+
+    class BenchRun(loop.TrainingRun):
+        def setup(self) -> None:
+            t0 = time.perf_counter()
+            super().setup()
+            bare = BareLoop(self, self.cfg)
+            _check_same_work(self, bare, self.cfg, real_lr_at)
+            state["bare"] = bare
+            state["t_setup"] = time.perf_counter() - t0
+
+        def finish(self, last_loss, seconds):
+            state["ends"].append(time.perf_counter())
+            run_bare(bare_before[total])
+            return {"last_loss": last_loss, "seconds": seconds}
+
+    load_before = _load()
+    loop.lr_at = lr_at_hook
+    progress_mod.make_progress = make_progress_hook
+    try:
+        run = BenchRun(cfg)
+        run.run()
+    finally:
+        loop.lr_at = real_lr_at
+        progress_mod.make_progress = real_make_progress
+    load_after = _load()
+
+    bare: BareLoop = state["bare"]
+    s_times = [e - s for s, e in zip(state["starts"], state["ends"])]
+    assert len(s_times) == total and len(bare.times) == total, (len(s_times), len(bare.times), total)
+    every = cfg.checkpoint.every
+    ckpt_steps = {k for k in range(total) if (k + 1) % every == 0 or k + 1 == total}
+
+    # correctness: identical losses and final weights mean identical arithmetic
+    from steadylm.train.monitor import read_metrics
+
+    metrics = read_metrics(run.out)
+    s_losses = [m["loss"] for m in metrics]
+    s_norms = [m["grad_norm"] for m in metrics]
+    # steadylm logs the mean of the micro-batch losses, the bare loop (nanoGPT) the last one
+    loss_diff = max(abs(a - b) for a, b in zip(s_losses, bare.losses)) if cfg.optim.grad_accum == 1 else None
+    norm_diff = max(abs(a - b) for a, b in zip(s_norms, bare.norms))
+    with torch.no_grad():
+        w_diff = max(float((p - q).abs().max()) for p, q in zip(run.model.parameters(), bare.model.parameters()))
+
+    tokens_per_step = cfg.optim.batch_size * cfg.optim.grad_accum * cfg.data.context
+    measured = range(W, total)
+    s_meas = [s_times[k] for k in measured]
+    b_meas = [bare.times[k] for k in measured]
+    s_plain = [s_times[k] for k in measured if k not in ckpt_steps]
+    s_ckpt = [s_times[k] for k in measured if k in ckpt_steps]
+    s_med, b_med = statistics.median(s_meas), statistics.median(b_meas)
+    ckpt_extra = (statistics.fmean(s_ckpt) - statistics.median(s_plain)) if s_ckpt else None
+    s_amort = statistics.fmean(s_plain) + ((ckpt_extra or 0.0) / every)
+    b_amort = statistics.fmean(b_meas)
+
+    # per-round medians (a round = one block of each side)
+    rounds = []
+    for r in range(R):
+        ks = range(W + r * N, W + (r + 1) * N)
+        sm = statistics.median([s_times[k] for k in ks])
+        bm = statistics.median([bare.times[k] for k in ks])
+        rounds.append({"round": r, "steadylm_median_s": sm, "bare_median_s": bm, "ratio": bm / sm})
+
+    result = {
+        "benchmark": "train_overhead",
+        "target_ratio": TARGET,
+        "config": {
+            "preset": cfg.model.preset, "data": cfg.data.source, "context": cfg.data.context,
+            "vocab_size": cfg.data.vocab_size, "batch_size": cfg.optim.batch_size, "grad_accum": cfg.optim.grad_accum,
+            "tokens_per_step": tokens_per_step, "warmup_steps": W, "steps_per_block": N, "rounds": R,
+            "total_steps": total, "checkpoint_every": every, "clip": f"{cfg.clip.method} {cfg.clip.max_norm}",
+            "progress_bar": progress_on, "parameters": run.n_params,
+        },
+        "environment": {
+            "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(), "machine": platform.machine(), "platform": platform.platform(),
+            "load_before": load_before, "load_after": load_after,
+            "quiet": load_before[0] < QUIET_LOAD,
+        },
+        "steadylm": {
+            **_stats(s_meas), "tokens_per_s_median": tokens_per_step / s_med,
+            "mean_non_checkpoint_s": statistics.fmean(s_plain), "checkpoint_steps_measured": len(s_ckpt),
+            "checkpoint_extra_s": ckpt_extra, "amortised_s": s_amort, "tokens_per_s_amortised": tokens_per_step / s_amort,
+        },
+        "bare": {**_stats(b_meas), "tokens_per_s_median": tokens_per_step / b_med,
+                 "amortised_s": b_amort, "tokens_per_s_amortised": tokens_per_step / b_amort},
+        "ratio_median": b_med / s_med,
+        "ratio_amortised": b_amort / s_amort,
+        "target_met": b_med / s_med >= TARGET,
+        "target_met_amortised": b_amort / s_amort >= TARGET,
+        "rounds": rounds,
+        "same_work": {"max_abs_loss_diff": loss_diff, "max_abs_grad_norm_diff": norm_diff,
+                      "max_abs_weight_diff": w_diff, "bit_identical": not loss_diff and norm_diff == 0 and w_diff == 0},
+        "per_step_s": {"steadylm": s_times, "bare": bare.times, "checkpoint_steps": sorted(ckpt_steps)},
+        "setup_s": state["t_setup"],
+    }
+    if args.components:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # save_pretrained's "Writing model shards" bars, 5 x per timing
+        try:
+            result["components"] = components(run, bare, cfg, work)
+        finally:
+            hf_logging.enable_progress_bar()
+    if not args.keep_run:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        result["run_dir"] = str(work / "run")
+    return result
+
+
+def _check_same_work(run, bare: BareLoop, cfg, lr_at) -> None:
+    """Refuse to time two loops that would not do the same arithmetic."""
+    import torch
+
+    from steadylm.errors import SteadyError
+
+    sd_a, sd_b = run.model.state_dict(), bare.model.state_dict()
+    if sd_a.keys() != sd_b.keys() or any(not torch.equal(sd_a[k], sd_b[k]) for k in sd_a):
+        raise SteadyError("bare model's initial weights differ from steadylm's")
+    ga = [[id(p) for p in g["params"]] for g in run.optimizer.param_groups]
+    pos = {id(p): i for i, p in enumerate(run.model.parameters())}
+    pos_b = {id(p): i for i, p in enumerate(bare.model.parameters())}
+    gb = [[pos_b[id(p)] for p in g["params"]] for g in bare.optimizer.param_groups]
+    if [[pos[i] for i in g] for g in ga] != gb:
+        raise SteadyError("bare optimizer's parameter groups differ from steadylm's")
+    for ka in ("lr", "betas", "eps", "weight_decay", "fused"):
+        if [g[ka] for g in run.optimizer.param_groups] != [g[ka] for g in bare.optimizer.param_groups]:
+            raise SteadyError(f"bare optimizer's {ka} differs from steadylm's")
+    B, A = cfg.optim.batch_size, cfg.optim.grad_accum
+    for step in range(cfg.steps):
+        if abs(bare.get_lr(step) - lr_at(step, cfg)) > 1e-15:
+            raise SteadyError(f"lr schedule differs at step {step}")
+        for micro in range(A):
+            start = (step * A + micro) * B
+            xs, ys = run.data.batch(start, B)
+            xb, yb = bare.get_batch(start)
+            if not (torch.equal(xs, xb) and torch.equal(ys, yb)):
+                raise SteadyError(f"batch {start} differs")
+
+
+# ----------------------------------------------------------------------------- components
+def components(run, bare: BareLoop, cfg, work: Path) -> dict:
+    """Each steadylm-only piece of the loop body, timed alone (median seconds per call)."""
+    import torch
+
+    from steadylm.progress import make_progress
+    from steadylm.train.checkpoint import save_checkpoint
+    from steadylm.train.monitor import MetricsLogger
+
+    B = cfg.optim.batch_size
+    out: dict = {}
+    k = [0]
+
+    def nxt():
+        k[0] += 1
+        return k[0] * B
+
+    out["data_batch_steadylm_s"] = _timeit(lambda: run.data.batch(nxt(), B), 300)
+    out["data_batch_vectorised_s"] = _timeit(lambda: bare.get_batch(nxt()), 300)
+    rec = {"step": 1, "loss": 5.123456789, "grad_norm": 0.87654321, "clipped": False, "lr": 0.003, "tokens_per_s": 23456.789}
+    for name, tb in (("log_jsonl_and_tensorboard_s", True), ("log_jsonl_only_s", False)):
+        d = work / f"log-{name}"
+        d.mkdir()
+        lg = MetricsLogger(d, tensorboard=tb)
+        step = [0]
+
+        def log_once(lg=lg, step=step):
+            step[0] += 1
+            lg.log({**rec, "step": step[0]})
+
+        out[name] = _timeit(log_once, 300)
+        lg.close()
+    with make_progress() as bar:  # as the loop has it: on only when stderr is a terminal
+        task = bar.add_task("x", total=10**9, info="")
+        out["progress_update_s"] = _timeit(lambda: bar.update(task, advance=1, info="loss 5.123"), 300)
+        out["progress_enabled"] = not bar.disable
+    x = torch.tensor(1.2345)
+    out["float_of_tensor_s"] = _timeit(lambda: float(x), 1000)
+
+    def extras():
+        s = torch.zeros(())
+        s += x
+        _ = x > 1.0
+        return s
+
+    out["loss_sum_and_clipped_flag_s"] = _timeit(extras, 1000)
+    # a checkpoint at the default setting, and its parts
+    ck_root = work / "ckpt"
+    ck_root.mkdir()
+    steps = iter(range(1, 10**6))
+    out["checkpoint_s"] = _timeit(lambda: save_checkpoint(
+        ck_root, next(steps), model=run.model, tokenizer=run.tokenizer, optimizer=run.optimizer,
+        state={"samples": 0}, keep=cfg.checkpoint.keep), 5)
+    parts = work / "parts"
+    parts.mkdir()
+    out["checkpoint_parts_s"] = {
+        "model_save_pretrained": _timeit(lambda: run.model.save_pretrained(parts / "m", safe_serialization=True), 5),
+        "tokenizer_save_pretrained": _timeit(lambda: run.tokenizer.save_pretrained(parts / "t"), 5),
+        "optimizer_torch_save": _timeit(lambda: torch.save(run.optimizer.state_dict(), parts / "o.pt"), 5),
+    }
+    out["checkpoint_bytes"] = sum(p.stat().st_size for p in (ck_root / "checkpoints").glob("step-*/*") if p.is_file()) // max(
+        1, len(list((ck_root / "checkpoints").glob("step-*"))))
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+def report(res: dict) -> None:
+    c, e, s, b = res["config"], res["environment"], res["steadylm"], res["bare"]
+    print(f"\ntrain_overhead: preset {c['preset']} ({c['parameters'] / 1e6:.2f} M params), context {c['context']}, "
+          f"batch {c['batch_size']}x{c['grad_accum']}, vocab {c['vocab_size']}, {c['tokens_per_step']} tokens/step")
+    print(f"torch {e['torch']}, {e['threads']} threads on {e['cpus']} CPUs; load before {e['load_before'][0]:.2f} "
+          f"(1 min) / {e['load_before'][1]:.2f} (5 min); progress bar {'on' if c['progress_bar'] else 'off'}; "
+          f"checkpoint every {c['checkpoint_every']}")
+    print(f"{c['warmup_steps']} warm-up steps each (excluded), then {c['rounds']} rounds x {c['steps_per_block']} steps each, "
+          f"interleaved ABBA\n")
+    hdr = f"{'loop':<10} {'steps':>5} {'median ms':>10} {'mean ms':>9} {'min ms':>8} {'max ms':>8} {'tok/s (median)':>15} {'tok/s (amort.)':>15}"
+    print(hdr)
+    print("-" * len(hdr))
+    for name, d in (("steadylm", s), ("bare", b)):
+        print(f"{name:<10} {d['n']:>5} {d['median_s'] * 1e3:>10.2f} {d['mean_s'] * 1e3:>9.2f} {d['min_s'] * 1e3:>8.2f} "
+              f"{d['max_s'] * 1e3:>8.2f} {d['tokens_per_s_median']:>15.0f} {d['tokens_per_s_amortised']:>15.0f}")
+    if s["checkpoint_extra_s"] is not None:
+        print(f"\nsteadylm checkpoint steps measured: {s['checkpoint_steps_measured']}, extra {s['checkpoint_extra_s'] * 1e3:.0f} ms "
+              f"each = {s['checkpoint_extra_s'] / c['checkpoint_every'] * 1e3:.2f} ms/step amortised over {c['checkpoint_every']} steps")
+    print("per-round ratio (bare median / steadylm median): "
+          + ", ".join(f"{r['ratio']:.3f}" for r in res["rounds"]))
+    sw = res["same_work"]
+    ld = "n/a (grad_accum > 1)" if sw["max_abs_loss_diff"] is None else f"{sw['max_abs_loss_diff']:.3g}"
+    print(f"same work: max |loss diff| {ld}, |grad-norm diff| {sw['max_abs_grad_norm_diff']:.3g}, "
+          f"|weight diff| {sw['max_abs_weight_diff']:.3g}{' (bit-identical)' if sw['bit_identical'] else ''}")
+    if "components" in res:
+        k = res["components"]
+        print("\nsteadylm-only pieces, timed alone (per call):")
+        print(f"  BlockDataset.batch (Python loop over {c['batch_size']} rows) {k['data_batch_steadylm_s'] * 1e6:8.1f} us   "
+              f"vs one vectorised gather {k['data_batch_vectorised_s'] * 1e6:.1f} us")
+        print(f"  MetricsLogger.log, JSONL + TensorBoard          {k['log_jsonl_and_tensorboard_s'] * 1e6:8.1f} us   "
+              f"(JSONL only {k['log_jsonl_only_s'] * 1e6:.1f} us)")
+        print(f"  progress bar update ({'enabled' if k['progress_enabled'] else 'disabled, not a terminal'})"
+              f"{'':<12}{k['progress_update_s'] * 1e6:8.1f} us")
+        print(f"  loss_sum + clipped flag {k['loss_sum_and_clipped_flag_s'] * 1e6:.1f} us, float(tensor) {k['float_of_tensor_s'] * 1e6:.2f} us")
+        p = k["checkpoint_parts_s"]
+        print(f"  checkpoint {k['checkpoint_s'] * 1e3:.0f} ms ({k['checkpoint_bytes'] / 1e6:.1f} MB): model {p['model_save_pretrained'] * 1e3:.0f} ms, "
+              f"tokenizer {p['tokenizer_save_pretrained'] * 1e3:.0f} ms, optimizer {p['optimizer_torch_save'] * 1e3:.0f} ms, "
+              f"rest (hashing, fsync, pruning)")
+    ratio, ratio_a = res["ratio_median"], res["ratio_amortised"]
+    print(f"\nratio steadylm/bare tokens/s: {ratio:.3f} (median)   {ratio_a:.3f} (amortised, checkpoints included)")
+    verdict = "MET" if res["target_met"] else "MISSED"
+    print(f"target >= {TARGET:.2f}x: {verdict} (median){'' if res['target_met_amortised'] else '; missed when checkpoints are amortised'}")
+    if not e["quiet"]:
+        print(f"WARNING: 1-minute load average was {e['load_before'][0]:.2f} (>= {QUIET_LOAD}) when the measurement started; "
+              f"another process competed for the CPUs. Re-run on a quiet machine before trusting these numbers.")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="tiny", help="model preset (default: tiny, the demo model)")
+    p.add_argument("--steps", type=int, default=20, help="optimizer steps per block per side per round (default: 20)")
+    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds (default: 4; measured steps = steps x rounds)")
+    p.add_argument("--warmup", type=int, default=10, help="unmeasured warm-up steps of each side (default: 10)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--context", type=int, default=128)
+    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--data", default="builtin:pydoc")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="default: steadylm's default (100)")
+    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                   help="steadylm's progress bar: auto = as a real run (on only if stderr is a terminal)")
+    p.add_argument("--no-components", dest="components", action="store_false", help="skip the per-component timings")
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help=f"first wait up to SECONDS for the 1-minute load to drop below {QUIET_LOAD}")
+    p.add_argument("--workdir", default=None, help="where the temporary run folder goes (default: the system temp dir)")
+    p.add_argument("--keep-run", action="store_true", help="keep steadylm's run folder")
+    p.add_argument("--out", help="write the results as JSON here")
+    args = p.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # keep stdout and stderr in order when piped
+    if args.steps * args.rounds < 30:
+        print(f"note: only {args.steps * args.rounds} measured steps per side (< 30)", file=sys.stderr)
+    if args.wait_quiet > 0:
+        _wait_quiet(args.wait_quiet, QUIET_LOAD)
+    l1 = _load()[0]
+    if l1 >= QUIET_LOAD:
+        print(f"WARNING: load average {l1:.2f} >= {QUIET_LOAD}: measuring on a busy machine", file=sys.stderr)
+
+    from steadylm.errors import SteadyError
+
+    try:
+        res = run_benchmark(args)
+    except SteadyError as e:
+        print(f"train_overhead: error: {e}", file=sys.stderr)
+        return 2
+    report(res)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

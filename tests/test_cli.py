@@ -1,0 +1,148 @@
+"""The command line: every bad input is one line on stderr, exit code 2, and no run folder."""
+
+import json
+
+import pytest
+
+from conftest import run_cli
+
+NANO = ["--data", "builtin:pydoc", "--preset", "nano", "--vocab-size", "400", "--context", "32", "--batch-size", "4"]
+
+
+def _one_line_error(r, fragment):
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("steadylm: error:"), lines[0]
+    assert fragment in lines[0], lines[0]
+    assert "Traceback" not in r.stderr
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    (d / "empty.txt").write_bytes(b"")
+    (d / "nul.txt").write_bytes(b"text\x00more")
+    (d / "latin1.txt").write_bytes("na\u00efve".encode("latin-1"))
+    (d / "bad.jsonl").write_text('{"text": "fine"}\n{"text": broken\n', encoding="utf-8")
+    (d / "notext.jsonl").write_text('{"text": "fine"}\n{"txt": "x"}\n', encoding="utf-8")
+    (d / "bad.toml").write_text("steps = = 3\n", encoding="utf-8")
+    (d / "unknown.toml").write_text("stepz = 3\n", encoding="utf-8")
+    (d / "emptydir").mkdir()
+    return d
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--steps", "0"], "--steps must be positive"),
+        (["--steps", "-3"], "--steps must be positive"),
+        (["--max-norm", "-1"], "--max-norm must be positive"),
+        (["--clip-value", "0"], "--clip-value must be positive"),
+        (["--clip", "bogus"], "unknown --clip 'bogus'"),
+        (["--batch-size", "0"], "--batch-size must be positive"),
+        (["--batch-size", "abc"], "invalid int value: 'abc'"),
+        (["--context", "0"], "--context must be positive"),
+        (["--lr", "-1"], "--lr must be positive"),
+        (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
+        (["--weight-decay", "-0.1"], "--weight-decay must be zero or more"),
+        (["--checkpoint-every", "0"], "--checkpoint-every must be positive"),
+        (["--preset", "huge"], "unknown preset 'huge'"),
+        (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+    ],
+)
+def test_bad_train_flags(tmp_path, args, fragment):
+    out = tmp_path / "run"
+    r = run_cli("train", *NANO, "--steps", "2", *args, "--out", str(out))
+    _one_line_error(r, fragment)
+    assert not out.exists(), "a failed start must not leave a run folder"
+
+
+@pytest.mark.parametrize(
+    "name,fragment",
+    [
+        ("missing.txt", "no such file or folder"),
+        ("empty.txt", "empty"),
+        ("nul.txt", "binary data"),
+        ("latin1.txt", "not UTF-8"),
+        ("bad.jsonl", "bad.jsonl:2: not valid JSON"),
+        ("notext.jsonl", "notext.jsonl:2: no 'text' field"),
+        ("emptydir", "no .txt files"),
+    ],
+)
+def test_bad_data(tmp_path, bad_files, name, fragment):
+    out = tmp_path / "run"
+    r = run_cli("train", "--data", str(bad_files / name), "--preset", "nano", "--steps", "2", "--out", str(out))
+    _one_line_error(r, fragment)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name,fragment", [("bad.toml", "invalid TOML"), ("unknown.toml", "unknown key 'stepz'"), ("nope.toml", "no such file")])
+def test_bad_config_file(tmp_path, bad_files, name, fragment):
+    r = run_cli("train", "--config", str(bad_files / name), "--out", str(tmp_path / "run"))
+    _one_line_error(r, fragment)
+
+
+def test_config_file_and_flag_precedence(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('steps = 2\nseed = 5\n[data]\nsource = "builtin:pydoc"\ncontext = 32\nvocab_size = 400\n'
+                   '[model]\npreset = "nano"\n[optim]\nbatch_size = 4\nlr = 0.01\n', encoding="utf-8")
+    r = run_cli("train", "--config", str(cfg), "--lr", "0.002", "--out", str(tmp_path / "run"), "--json")
+    assert r.returncode == 0, r.stderr
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["seed"] == 5 and saved["steps"] == 2 and saved["optim"]["lr"] == 0.002
+
+
+def test_train_needs_out_and_model_must_be_a_model(tmp_path):
+    _one_line_error(run_cli("train", *NANO), "train needs --out")
+    _one_line_error(run_cli("train", "--model", str(tmp_path), "--out", str(tmp_path / "r")), "not a Hugging Face model folder")
+    _one_line_error(run_cli("train", "--preset", "nano", "--model", str(tmp_path), "--out", str(tmp_path / "r")), "either --preset or --model")
+
+
+def test_eval_bad_input(tmp_path, bad_files, nano_model_dir):
+    _one_line_error(run_cli("eval", "perplexity", "--model", str(nano_model_dir), "--data", str(bad_files / "nul.txt")), "binary data")
+    _one_line_error(run_cli("eval", "perplexity", "--model", str(tmp_path / "none"), "--data", "builtin:pydoc"), "no such model folder")
+    _one_line_error(run_cli("eval", "perplexity", "--data", "builtin:pydoc"), "required: --model")
+    # a folder with a config that is not a causal LM
+    enc = tmp_path / "bert"
+    enc.mkdir()
+    (enc / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    (enc / "model.safetensors").write_bytes(b"")
+    _one_line_error(run_cli("eval", "perplexity", "--model", str(enc), "--data", "builtin:pydoc"), "not a causal language model")
+    # only .bin weights: steadylm does not unpickle
+    pt = tmp_path / "pickled"
+    pt.mkdir()
+    (pt / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (pt / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    _one_line_error(run_cli("eval", "perplexity", "--model", str(pt), "--data", "builtin:pydoc"), "no safetensors weights")
+
+
+def test_unknown_command():
+    r = run_cli("frobnicate")
+    assert r.returncode == 2 and r.stderr.startswith("steadylm: error:")
+
+
+def test_presets_and_version():
+    r = run_cli("presets")
+    assert r.returncode == 0 and "tiny" in r.stdout and "nano" in r.stdout
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.startswith("steadylm ")
+
+
+def test_demo_runs_and_says_where_things_are(tmp_path):
+    out = tmp_path / "demo"
+    r = run_cli("demo", "--out", str(out), "--steps", "3")
+    assert r.returncode == 0, r.stderr
+    assert f"run folder: {out / 'train'}" in r.stdout.replace("\n", "")
+    assert (out / "train" / "model" / "model.safetensors").is_file()
+    s = json.loads((out / "train" / "summary.json").read_text())
+    assert s["steps"] == 3 and s["val_perplexity"] > 1
+    # a second demo into the same folder replaces the first
+    r = run_cli("demo", "--out", str(out), "--steps", "2")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "train" / "summary.json").read_text())["steps"] == 2
+    # but a folder that holds something else is left alone
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    _one_line_error(run_cli("demo", "--out", str(other), "--steps", "2"), "holds no earlier demo")
