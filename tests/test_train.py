@@ -60,6 +60,14 @@ def test_run_folder_contents(short_run):
     # keep=2: only the newest two checkpoints remain, the final step among them
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-10", "step-12"]
     assert any((out / "tensorboard").iterdir())
+    ck = out / "checkpoints" / "step-10"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "optimizer.pt", "rng.pt", "rng_python.json", "train_config.json"):
+        assert (ck / name).is_file(), name
+    state = json.loads((ck / "state.json").read_text())
+    assert state["step"] == 10 and state["samples"] == 40
+    assert state["data_position"]["epoch"] * 1000 + state["data_position"]["index"] >= 0
+    assert state["scheduler"]["step"] == 10
+    assert set(state["files"]) >= {"model.safetensors", "optimizer.pt", "rng.pt"}
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["optim"]["l2"] == 1e-4 and cfg["data"]["context"] == 32
 

@@ -6,8 +6,11 @@ evaluated or averaged like a finished model - and the rest of the training state
 
 * ``optimizer.pt`` - the optimizer's ``state_dict`` (tensors and numbers only; read back with
   ``torch.load(weights_only=True)``, which refuses to unpickle code);
-* ``rng.pt`` - torch's CPU (and CUDA, when present) RNG states;
-* ``state.json`` - step, samples consumed, data position, elapsed seconds, and the size and
+* ``rng.pt`` - torch's CPU (and CUDA, when present) RNG states; ``rng_python.json`` - Python's
+  and NumPy's global RNG states;
+* ``train_config.json`` - the run's resolved `TrainConfig`;
+* ``state.json`` - step, samples consumed, data position, the learning-rate schedule's position
+  (the schedule is a pure function of the step), elapsed seconds, and the size and
   sha256 of every other file, checked before a resume so a corrupt checkpoint is named, not loaded.
 
 Writing is atomic: everything goes to ``step-N.tmp/`` first, which is renamed to ``step-N/``
@@ -52,7 +55,30 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model, tokenizer, optimizer, state: dict[str, Any], keep: int) -> Path:
+def _host_rng_state() -> dict[str, Any]:
+    """Python's and NumPy's global RNG states as JSON (steadylm uses neither; user code may)."""
+    import random
+
+    import numpy as np
+
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(internal), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached]}
+
+
+def _restore_host_rng_state(d: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    version, internal, gauss = d["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = d["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model, tokenizer, optimizer, state: dict[str, Any], keep: int,
+                    train_config: dict[str, Any] | None = None) -> Path:
     """Write ``checkpoints/step-{step}`` atomically and prune to the newest ``keep``."""
     import torch
 
@@ -70,6 +96,9 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model, tokenizer, 
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(rng, tmp / "rng.pt")
+    write_json_atomic(tmp / "rng_python.json", _host_rng_state())
+    if train_config is not None:
+        write_json_atomic(tmp / "train_config.json", train_config)
     files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
     write_json_atomic(tmp / "state.json", {**state, "step": step, "files": files})
     if final.exists():  # a re-run of the same step after a resume: replace it
@@ -112,6 +141,8 @@ def load_training_state(path: Path, optimizer) -> dict[str, Any]:
     except Exception as e:
         raise CheckpointError(f"{path}: corrupt checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     torch.set_rng_state(rng["torch"])
+    if (path / "rng_python.json").is_file():
+        _restore_host_rng_state(json.loads((path / "rng_python.json").read_text(encoding="utf-8")))
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return state

@@ -187,7 +187,10 @@ class TrainingRun:
         samples = step * self.cfg.optim.batch_size * self.cfg.optim.grad_accum
         epoch, index = self.data.position(samples)
         save_checkpoint(self.out, step, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer, keep=self.cfg.checkpoint.keep,
+                        train_config=self.cfg.to_dict(),
                         state={"samples": samples, "data_position": {"epoch": epoch, "index": index},
+                               "scheduler": {"kind": "warmup_cosine", "step": step, "warmup_steps": self.cfg.warmup_steps,
+                                             "next_lr": lr_at(step, self.cfg) if step < self.cfg.steps else None},
                                "seconds": seconds, "steadylm": __version__})
 
     def run(self) -> dict[str, Any]:
