@@ -131,6 +131,14 @@ def cmd_build(args) -> int:
         show_progress=False,
     )
     bpe.train_from_iterator(all_texts, trainer=trainer)
+    if args.tokenizer_adds_bos:
+        # Llama/Gemma-style: encode() prepends BOS. lm_eval >= 0.4.10 then keeps
+        # that BOS in the scored tokens (and still prefixes its own BOS).
+        from tokenizers import processors
+
+        bpe.post_processor = processors.TemplateProcessing(
+            single=f"{EOT} $A", special_tokens=[(EOT, bpe.token_to_id(EOT))]
+        )
     tok = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         bos_token=EOT,
@@ -179,6 +187,7 @@ def cmd_build(args) -> int:
             "max_position_embeddings": args.max_position_embeddings,
             "init_std": args.init_std,
             "seed": args.seed,
+            "tokenizer_adds_bos": args.tokenizer_adds_bos,
         },
     }
     print(json.dumps(info))
@@ -209,16 +218,16 @@ def cmd_bare(args) -> int:
                 texts.append(json.loads(line)["text"])
 
     # lm_eval: prefix = BOS if defined else EOS; tok_encode -> tokenizer.encode(s)
-    # with the tokenizer's default add_special_tokens (=True). For the benchmark
-    # tokenizer (no post-processor) this adds nothing; we assert that.
+    # with the tokenizer's default add_special_tokens (=True). For the default
+    # benchmark tokenizer (no post-processor) this adds nothing.
     prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     windows = []  # (doc_idx, input_ids, target_ids)
     n_tokens = 0
     for d, text in enumerate(texts):
         ids = tok.encode(text)
         if d == 0 and ids != tok.encode(text, add_special_tokens=False):
-            print("warning: tokenizer adds special tokens; lm_eval keeps them",
-                  file=sys.stderr)
+            print("note: tokenizer adds special tokens; lm_eval >= 0.4.10 keeps "
+                  "(and scores) them, so this baseline does too", file=sys.stderr)
         n_tokens += len(ids)
         for inp, tgt in lmeval_windows(ids, prefix, args.window):
             windows.append((d, inp, tgt))
@@ -301,6 +310,8 @@ def main(argv=None) -> int:
     b.add_argument("--heads", type=int, default=8)
     b.add_argument("--max-position-embeddings", type=int, default=512)
     b.add_argument("--init-std", type=float, default=0.05)
+    b.add_argument("--tokenizer-adds-bos", action="store_true",
+                   help="tokenizer post-processor prepends <|endoftext|> (Llama-style)")
 
     r = sub.add_parser("bare")
     r.add_argument("--model", required=True)

@@ -98,6 +98,17 @@ def loadavg():
         return None
 
 
+def cpu_busy_s():
+    """System-wide busy CPU seconds (all cores) from /proc/stat, or None."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def run_measured(name, cmd, env, log_dir: Path, timeout: float, cwd=None):
     """Run one child; measure wall, CPU and peak RSS of that child alone.
 
@@ -107,6 +118,7 @@ def run_measured(name, cmd, env, log_dir: Path, timeout: float, cwd=None):
     log_dir.mkdir(parents=True, exist_ok=True)
     out_p, err_p = log_dir / f"{name}.stdout", log_dir / f"{name}.stderr"
     la0 = loadavg()
+    busy0 = cpu_busy_s()
     with open(out_p, "wb") as out_f, open(err_p, "wb") as err_f:
         t0 = time.perf_counter()
         proc = subprocess.Popen(
@@ -130,7 +142,13 @@ def run_measured(name, cmd, env, log_dir: Path, timeout: float, cwd=None):
             timer.cancel()
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
+    busy1 = cpu_busy_s()
     rss_kib = ru.ru_maxrss if sys.platform != "darwin" else ru.ru_maxrss / 1024
+    foreign = None
+    if busy0 is not None and busy1 is not None and wall > 0:
+        # CPU used by *other* processes while this child ran, as a share of capacity
+        other = max(0.0, (busy1 - busy0) - (ru.ru_utime + ru.ru_stime))
+        foreign = other / (wall * (os.cpu_count() or 1))
     return {
         "name": name,
         "cmd": cmd,
@@ -142,6 +160,7 @@ def run_measured(name, cmd, env, log_dir: Path, timeout: float, cwd=None):
         "peak_rss_mib": rss_kib / 1024.0,
         "loadavg_before": la0,
         "loadavg_after": loadavg(),
+        "foreign_cpu_share": foreign,
         "stdout_path": str(out_p),
         "stderr_path": str(err_p),
     }
@@ -249,9 +268,10 @@ def main(argv=None) -> int:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    ap.add_argument("--docs", type=int, default=24,
-                    help="first N pydoc topics (sorted by key; 0 = all 79, ~466 KB); "
-                         "24 = ~117 KB, ~26.7k tokens")
+    ap.add_argument("--docs", type=int, default=0,
+                    help="first N pydoc topics, sorted by key; 0 = all (79 on CPython "
+                         "3.11: ~466 KB, ~106k tokens, ~50 s of forward on 2 idle cores); "
+                         "24 = ~117 KB, ~27k tokens")
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=1)
@@ -275,8 +295,15 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--init-std", type=float, default=0.05,
                     help="weight init std; >0.02 makes NLL context-sensitive")
+    ap.add_argument("--tokenizer-adds-bos", action="store_true",
+                    help="Llama-style tokenizer whose encode() prepends BOS (lm_eval >= 0.4.10 "
+                         "then scores that BOS too); default: no special tokens added")
     ap.add_argument("--rebuild", action="store_true")
     args = ap.parse_args(argv)
+    try:
+        sys.stdout.reconfigure(line_buffering=True)
+    except (AttributeError, ValueError):
+        pass
 
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     for t in tools:
@@ -299,6 +326,8 @@ def main(argv=None) -> int:
     # ---- 1. build -------------------------------------------------------- #
     build_args = ["--docs", str(args.docs), "--seed", str(args.seed),
                   "--init-std", repr(args.init_std)]
+    if args.tokenizer_adds_bos:
+        build_args.append("--tokenizer-adds-bos")
     key = hashlib.sha256((json.dumps(build_args) + WORKER.read_text()).encode()).hexdigest()[:16]
     bdir = work / f"build-{key}"
     info_p = bdir / "build_info.json"
@@ -388,8 +417,11 @@ def main(argv=None) -> int:
                 m["error"] = str(e)
                 problems.append(f"{t} (repeat {rep}): {e}")
                 print(f"[error] {t} failed: {e}\n{tail(m['stderr_path'])}", file=sys.stderr)
+            fc = m["foreign_cpu_share"]
             print(f"[run {rep + 1}/{args.repeats}] {t}: wall {m['wall_s']:.2f} s, "
-                  f"peak RSS {m['peak_rss_mib']:.0f} MiB", file=sys.stderr, flush=True)
+                  f"peak RSS {m['peak_rss_mib']:.0f} MiB"
+                  + (f", other processes {100 * fc:.0f}% CPU" if fc is not None else ""),
+                  file=sys.stderr, flush=True)
             runs[t].append(m)
 
     # ---- 6. summarise ----------------------------------------------------- #
@@ -503,6 +535,11 @@ def main(argv=None) -> int:
             t = targets.get(name)
             tag = f"(target {t['target']})  {'PASS' if t['ok'] else 'MISS'}" if t else ""
             print(f"{label:<40} = {ratios[name]:.3f}  {tag}")
+    busy = [m["foreign_cpu_share"] for ms in runs.values() for m in ms
+            if m.get("foreign_cpu_share") is not None]
+    if busy and max(busy) > 0.10:
+        print(f"warning: other processes used up to {100 * max(busy):.0f}% of the CPUs while a "
+              "child ran; timings are noisy (rerun on an idle machine, --repeats >= 2)")
     for p in problems:
         print(f"problem: {p}")
 

@@ -544,7 +544,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny", help="model preset (default: tiny, the demo model)")
     p.add_argument("--steps", type=int, default=20, help="optimizer steps per block per side per round (default: 20)")
-    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds (default: 4; measured steps = steps x rounds)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default: 5; measured steps = steps x rounds)")
     p.add_argument("--warmup", type=int, default=10, help="unmeasured warm-up steps of each side (default: 10)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--batch-size", type=int, default=16)

@@ -13,7 +13,7 @@ import sys
 from typing import Any, Sequence
 
 from . import __version__
-from .config import CLIP_METHODS, SECTIONS, TrainConfig, help_of, load_config_file, merge
+from .config import CLIP_METHODS, GUARD_ACTIONS, SECTIONS, TrainConfig, help_of, load_config_file, merge
 from .errors import SteadyError
 
 
@@ -51,6 +51,14 @@ _TRAIN_FLAGS: list[tuple[str, str | None, str, Any]] = [
     ("--clip-value", "clip", "clip_value", float),
     ("--checkpoint-every", "checkpoint", "every", int),
     ("--keep-checkpoints", "checkpoint", "keep", int),
+    ("--guard", "guard", "action", str),
+    ("--guard-sigma", "guard", "sigma", float),
+    ("--guard-window", "guard", "window", int),
+    ("--guard-min-samples", "guard", "min_samples", int),
+    ("--guard-max-consecutive", "guard", "max_consecutive", int),
+    ("--inject", "guard", "inject", list),
+    ("--z-loss", None, "z_loss", float),
+    ("--ema", None, "ema", float),
 ]
 
 
@@ -62,8 +70,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     for flag, section, name, typ in _TRAIN_FLAGS:
         cls = SECTIONS[section] if section else TrainConfig
         kw: dict[str, Any] = {"type": typ, "default": None, "help": help_of(cls, name)}
+        if typ is list:
+            kw.update(type=str, action="append", metavar="SPEC")
         if flag == "--clip":
             kw["metavar"] = "{" + ",".join(CLIP_METHODS) + "}"
+        if flag == "--guard":
+            kw["metavar"] = "{" + ",".join(GUARD_ACTIONS) + "}"
         p.add_argument(flag, dest=_dest(flag), **kw)
     p.add_argument("--no-decay-embeddings", action="store_true", default=None, help="no weight decay on embedding matrices (OLMo 2)")
     p.add_argument("--trust-remote-code", action="store_true", default=None, help=help_of(SECTIONS["model"], "trust_remote_code"))

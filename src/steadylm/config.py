@@ -137,6 +137,30 @@ class ClipConfig:
         _positive("--clip-value", self.clip_value)
 
 
+GUARD_ACTIONS = ("off", "skip", "rollback")
+
+
+@dataclass
+class GuardConfig:
+    """Loss-spike and NaN guard (see `steadylm.train.spikes`); defaults from OLMo-core."""
+
+    action: str = _f("skip", "on a NaN/Inf or a spike: " + ", ".join(GUARD_ACTIONS))
+    sigma: float = _f(6.0, "a loss or grad norm this many standard deviations above the rolling mean is a spike")
+    window: int = _f(128, "rolling window of steps for the spike statistics")
+    min_samples: int = _f(20, "values needed in the window before spikes are judged")
+    max_consecutive: int = _f(5, "stop the run after this many incidents in a row")
+    inject: list = _f([], "faults to inject for tests and demos: nan@STEP, spike@STEP:FACTOR, lr@STEP:FACTOR (repeatable)")
+
+    def __post_init__(self) -> None:
+        from .train.spikes import SpikeGuard, parse_injection
+
+        SpikeGuard(self.action, sigma=self.sigma, window=self.window, min_samples=self.min_samples, max_consecutive=self.max_consecutive)
+        if not isinstance(self.inject, list):
+            raise ConfigError("inject must be a list of specs like 'nan@10'")
+        for spec in self.inject:
+            parse_injection(str(spec))
+
+
 @dataclass
 class CheckpointConfig:
     """How often to write checkpoints and how many to keep."""
@@ -163,8 +187,14 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    z_loss: float = _f(0.0, "z-loss coefficient C: adds C * log^2 Z per token (PaLM uses 1e-4); 0 turns it off")
+    ema: float = _f(0.0, "keep an exponential moving average of the weights with this decay (e.g. 0.999); 0 turns it off")
 
     def __post_init__(self) -> None:
+        _positive("--z-loss", self.z_loss, allow_zero=True)
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"--ema must be in [0, 1), got {self.ema}")
         _positive("--steps", self.steps)
         _positive("--eval-batch-size", self.eval_batch_size)
         _positive("--threads", self.threads)
@@ -185,7 +215,8 @@ class TrainConfig:
         return _build(cls, d, origin)
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "clip": ClipConfig, "checkpoint": CheckpointConfig}
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "clip": ClipConfig, "checkpoint": CheckpointConfig,
+            "guard": GuardConfig}
 
 
 def _build(cls: type, d: dict[str, Any], origin: str) -> Any:
@@ -250,4 +281,5 @@ def help_of(cls: type, name: str) -> str:
     f = {f.name: f for f in dataclasses.fields(cls)}[name]
     default = f.default if f.default is not dataclasses.MISSING else None
     text = f.metadata.get("help", "")
-    return f"{text} (default: {default})" if default is not None else text
+    text = text.replace("%", "%%")  # argparse formats help with %
+    return f"{text} (default: {default})" if default not in (None, [], {}) else text

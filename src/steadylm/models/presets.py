@@ -7,6 +7,7 @@ always written and read as safetensors; a folder's own code runs only with ``tru
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -147,13 +148,28 @@ def model_hash(path: str | os.PathLike) -> str:
     return h.hexdigest()[:12]
 
 
+@contextlib.contextmanager
+def quiet_progress():
+    """Silence transformers' own progress bars (steadylm draws its own) for one block."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def save_model(model, tokenizer, out: str | os.PathLike) -> Path:
     """Write an HF folder (safetensors + tokenizer) atomically: a temporary folder, then rename."""
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
+    with quiet_progress():
+        model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     if out.exists():

@@ -10,10 +10,10 @@ The pieces work in any PyTorch loop::
     optimizer.step()
 """
 
-from .clip import ClipStats, NoClip, NormClip, ValueClip, make_clipper
+from .clip import AGC, AutoClip, ClipStats, NoClip, NormClip, ValueClip, ZClip, make_clipper
 from .regularize import l1_penalty, l2_penalty, param_groups
 
 __all__ = [
-    "ClipStats", "NoClip", "NormClip", "ValueClip", "make_clipper",
+    "AGC", "AutoClip", "ClipStats", "NoClip", "NormClip", "ValueClip", "ZClip", "make_clipper",
     "l1_penalty", "l2_penalty", "param_groups",
 ]

@@ -9,6 +9,7 @@ evaluated or averaged like a finished model - and the rest of the training state
 * ``rng.pt`` - torch's CPU (and CUDA, when present) RNG states; ``rng_python.json`` - Python's
   and NumPy's global RNG states;
 * ``train_config.json`` - the run's resolved `TrainConfig`;
+* ``extra.pt`` - state of stateful pieces (adaptive clippers' statistics, EMA weights), if any;
 * ``state.json`` - step, samples consumed, data position, the learning-rate schedule's position
   (the schedule is a pure function of the step), elapsed seconds, and the size and
   sha256 of every other file, checked before a resume so a corrupt checkpoint is named, not loaded.
@@ -78,7 +79,7 @@ def _restore_host_rng_state(d: dict[str, Any]) -> None:
 
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model, tokenizer, optimizer, state: dict[str, Any], keep: int,
-                    train_config: dict[str, Any] | None = None) -> Path:
+                    train_config: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
     """Write ``checkpoints/step-{step}`` atomically and prune to the newest ``keep``."""
     import torch
 
@@ -88,10 +89,15 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model, tokenizer, 
     tmp = root / f"step-{step}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
+    from ..models.presets import quiet_progress
+
+    with quiet_progress():
+        model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if extra:  # clipper statistics, EMA weights: tensors and numbers only
+        torch.save(extra, tmp / "extra.pt")
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -130,14 +136,16 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def load_training_state(path: Path, optimizer) -> dict[str, Any]:
-    """Restore optimizer and RNG state from a verified checkpoint; return its ``state.json``."""
+def load_training_state(path: Path, optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore optimizer and RNG state from a verified checkpoint; return its ``state.json``
+    and its ``extra.pt`` (empty when there is none)."""
     import torch
 
     state = verify_checkpoint(path)
     try:
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
         rng = torch.load(path / "rng.pt", weights_only=True)
+        extra = torch.load(path / "extra.pt", weights_only=True) if (path / "extra.pt").is_file() else {}
     except Exception as e:
         raise CheckpointError(f"{path}: corrupt checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     torch.set_rng_state(rng["torch"])
@@ -145,4 +153,4 @@ def load_training_state(path: Path, optimizer) -> dict[str, Any]:
         _restore_host_rng_state(json.loads((path / "rng_python.json").read_text(encoding="utf-8")))
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return state
+    return state, extra

@@ -87,6 +87,7 @@ class TrainingRun:
         from ..models.presets import build_model, load_model, model_context
         from .clip import make_clipper
         from .regularize import param_groups
+        from .spikes import SpikeGuard
 
         cfg = self.cfg
         if cfg.threads:
@@ -140,15 +141,18 @@ class TrainingRun:
             fused=True,
         )
         self.clipper = make_clipper(cfg.clip.method, max_norm=cfg.clip.max_norm, clip_value=cfg.clip.clip_value)
+        g = cfg.guard
+        self.guard = SpikeGuard(g.action, sigma=g.sigma, window=g.window, min_samples=g.min_samples, max_consecutive=g.max_consecutive)
+        self.ema = [p.detach().clone() for gr in groups for p in gr["params"]] if cfg.ema else None
+        self.data_offset = 0
+        self.fired: set[str] = set()
         self.n_params = sum(p.numel() for p in model.parameters())
 
     def _prepare_folder(self) -> None:
         """Create the run folder (fresh run) or restore the newest checkpoint (resume)."""
         import torch
 
-        from safetensors.torch import load_model as load_weights
-
-        from .checkpoint import list_checkpoints, load_training_state, verify_checkpoint
+        from .checkpoint import list_checkpoints, verify_checkpoint
 
         if not self.resuming:
             if self.out.exists():
@@ -172,26 +176,75 @@ class TrainingRun:
             return  # killed before its first checkpoint: start again from step 0
         step, path = ckpts[-1]
         verify_checkpoint(path)
+        state = self._restore(path)
+        self.start_step = step
+        self.elapsed_before = float(state.get("seconds", 0.0))
+        self.fired = set(state.get("fired", []))
+
+    def _restore(self, path: Path) -> dict[str, Any]:
+        """Load weights, optimizer, RNG and stateful pieces from a checkpoint folder."""
+        from safetensors.torch import load_model as load_weights
+
+        from .checkpoint import load_training_state, verify_checkpoint
+
+        verify_checkpoint(path)
         try:
             load_weights(self.model, str(path / "model.safetensors"))
         except Exception as e:
             raise CheckpointError(f"{path}: corrupt checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-        state = load_training_state(path, self.optimizer)
-        self.start_step = step
-        self.elapsed_before = float(state.get("seconds", 0.0))
+        state, extra = load_training_state(path, self.optimizer)
+        if "clipper" in extra and hasattr(self.clipper, "load_state_dict"):
+            self.clipper.load_state_dict(extra["clipper"])
+        if self.ema is not None and "ema" in extra:
+            for e, saved in zip(self.ema, extra["ema"]):
+                e.copy_(saved)
+        if "guard" in state:
+            self.guard.load_state_dict(state["guard"])
+        self.data_offset = int(state.get("data_offset", 0))
+        return state
 
     # ------------------------------------------------------------------ train
     def _checkpoint(self, step: int, seconds: float) -> None:
         from .checkpoint import save_checkpoint
 
-        samples = step * self.cfg.optim.batch_size * self.cfg.optim.grad_accum
+        samples = step * self.cfg.optim.batch_size * self.cfg.optim.grad_accum + self.data_offset
         epoch, index = self.data.position(samples)
+        extra: dict[str, Any] = {}
+        if hasattr(self.clipper, "state_dict"):
+            extra["clipper"] = self.clipper.state_dict()
+        if self.ema is not None:
+            extra["ema"] = [e.clone() for e in self.ema]
         save_checkpoint(self.out, step, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer, keep=self.cfg.checkpoint.keep,
-                        train_config=self.cfg.to_dict(),
+                        train_config=self.cfg.to_dict(), extra=extra,
                         state={"samples": samples, "data_position": {"epoch": epoch, "index": index},
+                               "data_offset": self.data_offset,
                                "scheduler": {"kind": "warmup_cosine", "step": step, "warmup_steps": self.cfg.warmup_steps,
                                              "next_lr": lr_at(step, self.cfg) if step < self.cfg.steps else None},
+                               "guard": self.guard.state_dict(), "fired": sorted(self.fired),
                                "seconds": seconds, "steadylm": __version__})
+
+    def _rollback(self, step: int, logger) -> int:
+        """Restore the last good checkpoint before ``step`` and skip the batches consumed since.
+
+        The k-th rollback in a row goes k checkpoints back: if the newest checkpoint already
+        holds the damage, the next incident reaches further into the past."""
+        from .checkpoint import list_checkpoints
+
+        before = [(s, p) for s, p in list_checkpoints(self.out) if s < step]
+        if not before:
+            return -1
+        back = min(self.guard.consecutive, len(before))
+        target, path = before[-back]
+        offset_before = self.data_offset
+        guard_state = self.guard.state_dict()
+        self._restore(path)
+        self.guard.load_state_dict(guard_state)  # the incident history is not rolled back
+        # Skip every batch since the checkpoint, the bad one included (PaLM's remedy).
+        self.data_offset = offset_before + (step - target) * self.cfg.optim.batch_size * self.cfg.optim.grad_accum
+        logger.rewind(target)
+        logger.log({"step": step, "event": "rollback", "to_step": target,
+                    "skipped_samples": self.data_offset - offset_before})
+        return target
 
     def run(self) -> dict[str, Any]:
         """Train to ``cfg.steps``, write the model and ``summary.json``, and return the summary."""
@@ -201,50 +254,112 @@ class TrainingRun:
         from ..progress import make_progress
         from .monitor import MetricsLogger
         from .regularize import l1_penalty, l2_penalty
+        from .spikes import GuardStop, parse_injection
 
         self.setup()
         self._prepare_folder()
         cfg = self.cfg
         B, A, T = cfg.optim.batch_size, cfg.optim.grad_accum, cfg.data.context
+        injections = {}
+        for spec in cfg.guard.inject:  # a later spec for the same kind and step overrides an earlier one
+            inj = parse_injection(spec)
+            injections[(inj.kind, inj.step)] = inj
         logger = MetricsLogger(self.out, resume_step=self.start_step if self.resuming else None)
         model, opt, params = self.model, self.optimizer, [p for g in self.optimizer.param_groups for p in g["params"]]
+        penalized = bool(cfg.optim.l2 or cfg.optim.l1)
+        if cfg.guard.action == "rollback" and not self.resuming and self.start_step == 0:
+            self._checkpoint(0, 0.0)  # something to roll back to before the first regular checkpoint
         t_start = time.perf_counter()
         last_loss = float("nan")
+        step = self.start_step
         try:
             with make_progress() as bar:
                 task = bar.add_task("train", total=cfg.steps, completed=self.start_step, info="")
-                for step in range(self.start_step, cfg.steps):
+                while step < cfg.steps:
                     t0 = time.perf_counter()
-                    lr = lr_at(step, cfg)
+                    n = step + 1  # the step being taken, counting from 1
+                    fire = {k: v for (k, s_), v in injections.items() if s_ == n and v.spec not in self.fired}
+                    for inj in fire.values():
+                        self.fired.add(inj.spec)
+                        logger.log({"step": n, "event": "inject", "kind": inj.kind, "factor": inj.factor, "spec": inj.spec})
+                    lr = lr_at(step, cfg) * (fire["lr"].factor if "lr" in fire else 1.0)
                     for g in opt.param_groups:
                         g["lr"] = lr
                     loss_sum = torch.zeros(())
+                    z_sum = torch.zeros(())
+                    first_sample = step * A * B + self.data_offset
                     for micro in range(A):
-                        x, y = self.data.batch((step * A + micro) * B, B)  # (B, T) each
+                        x, y = self.data.batch(first_sample + micro * B, B)  # (B, T) each
                         logits = model(input_ids=x, use_cache=False).logits  # (B, T, V)
-                        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+                        flat = logits.reshape(-1, logits.size(-1)).float()  # (B*T, V)
+                        loss = F.cross_entropy(flat, y.reshape(-1))
+                        if "nan" in fire:
+                            loss = loss * float("nan")
                         total = loss / A
-                        if micro == 0 and (cfg.optim.l2 or cfg.optim.l1):
+                        if cfg.z_loss:
+                            z = flat.logsumexp(-1).pow(2).mean()  # log^2 Z per token
+                            total = total + cfg.z_loss * z / A
+                            z_sum += z.detach()
+                        if micro == 0 and penalized:
                             penalty = l2_penalty(self.decayed, cfg.optim.l2) + l1_penalty(self.decayed, cfg.optim.l1)
                             total = total + penalty
                         total.backward()
                         loss_sum += loss.detach()
+                    if "spike" in fire:
+                        for p in params:
+                            if p.grad is not None:
+                                p.grad.mul_(fire["spike"].factor)
                     stats = self.clipper.clip_(params)
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
+                    loss_val, norm_val = float(loss_sum) / A, float(stats.norm)
+                    incidents = self.guard.check(n, loss_val, norm_val)
+                    act = self.guard.action if incidents else "none"
+                    if act in ("skip", "rollback"):
+                        opt.zero_grad(set_to_none=True)  # the update is not taken
+                    else:
+                        opt.step()
+                        opt.zero_grad(set_to_none=True)
+                        if self.ema is not None:
+                            torch._foreach_lerp_(self.ema, [p.detach() for p in params], 1.0 - cfg.ema)
                     dt = time.perf_counter() - t0
-                    last_loss = float(loss_sum) / A
                     record = {
-                        "step": step + 1, "loss": last_loss, "grad_norm": float(stats.norm),
-                        "clipped": bool(stats.clipped), "lr": lr, "tokens_per_s": B * A * T / dt,
+                        "step": n, "loss": loss_val, "grad_norm": norm_val, "clipped": bool(stats.clipped),
+                        "threshold": float(stats.threshold), "lr": lr, "tokens_per_s": B * A * T / dt,
                     }
-                    if cfg.optim.l2 or cfg.optim.l1:
+                    if penalized:
                         record["penalty"] = float(penalty.detach())
+                    if cfg.z_loss:
+                        record["z_loss"] = float(z_sum) / A
+                    if incidents:
+                        record["skipped"] = act in ("skip", "rollback")
                     logger.log(record)
-                    bar.update(task, advance=1, info=f"loss {last_loss:.3f}")
-                    done = step + 1
-                    if done % cfg.checkpoint.every == 0 or done == cfg.steps:
-                        self._checkpoint(done, self.elapsed_before + time.perf_counter() - t_start)
+                    for inc in incidents:
+                        logger.log({"step": n, "event": "incident", "kind": inc.kind, "value": inc.value,
+                                    "threshold": inc.threshold, "action": act,
+                                    "batches": list(range(first_sample, first_sample + A * B))})
+                    if self.guard.over_limit():
+                        raise GuardStop(
+                            f"stopped at step {n}: {self.guard.consecutive} incidents in a row "
+                            f"(last: {incidents[-1].kind} {incidents[-1].value:.4g}); the checkpoints in {self.out / 'checkpoints'} "
+                            "are intact - lower --lr, clip harder, or raise --guard-max-consecutive"
+                        )
+                    if act == "rollback":
+                        target = self._rollback(n, logger)
+                        if target >= 0:
+                            step = target
+                            bar.update(task, completed=step, info=f"rolled back to {target}")
+                            continue
+                    if math.isfinite(loss_val):
+                        last_loss = loss_val
+                    bar.update(task, advance=1, info=f"loss {loss_val:.3f}")
+                    step = n
+                    if n % cfg.checkpoint.every == 0 or n == cfg.steps:
+                        self._checkpoint(n, self.elapsed_before + time.perf_counter() - t_start)
+        except GuardStop as stop:
+            logger.close()
+            write_json_atomic(self.out / "summary.json", {
+                "steps": cfg.steps, "stopped_at": step + 1, "stopped": str(stop),
+                "seconds": self.elapsed_before + time.perf_counter() - t_start, **self.incident_summary()})
+            raise
         finally:
             logger.close()
         return self.finish(last_loss, time.perf_counter() - t_start)  # training time only
@@ -261,6 +376,8 @@ class TrainingRun:
         val = compute_perplexity(self.model, self.tokenizer, self.val_docs, window=cfg.data.context,
                                  batch_size=cfg.eval_batch_size, progress=True,
                                  settings={"model": model_hash(model_dir), "tok": tokenizer_signature(self.tokenizer), "dtype": "float32"})
+        if self.ema is not None:
+            self._save_ema()
         metrics = read_metrics(self.out)
         if math.isnan(last_loss) and metrics:
             last_loss = metrics[-1]["loss"]
@@ -280,9 +397,46 @@ class TrainingRun:
             "steps_this_session": steps_done,
             "model": str(model_dir),
             "val_signature": val.signature,
+            **self.incident_summary(),
         }
+        if self.ema is not None:
+            summary["ema_model"] = str(self.out / "model-ema")
         write_json_atomic(self.out / "summary.json", summary)
         return summary
+
+    def incident_summary(self) -> dict[str, Any]:
+        """Counts of incidents, skips and rollbacks, and what the guard did about each injected fault."""
+        from .monitor import read_metrics
+
+        events = read_metrics(self.out, events=True)
+        incidents = [e for e in events if e["event"] == "incident"]
+        injected = []
+        for e in (e for e in events if e["event"] == "inject"):
+            near = [i for i in incidents if e["step"] <= i["step"] <= e["step"] + 2]
+            injected.append({"spec": e["spec"], "step": e["step"],
+                             "detected": [{"step": i["step"], "kind": i["kind"], "action": i["action"]} for i in near]})
+        return {
+            "guard": self.cfg.guard.action,
+            "incidents": len(incidents),
+            "spikes": sum(i["kind"] in ("loss_spike", "grad_spike") for i in incidents),
+            "nonfinite_steps": len({i["step"] for i in incidents if i["kind"].startswith("nonfinite")}),
+            "skipped_steps": len({i["step"] for i in incidents if i["action"] in ("skip", "rollback")}),
+            "rollbacks": sum(e["event"] == "rollback" for e in events),
+            "injected": injected,
+        }
+
+    def _save_ema(self) -> None:
+        """The EMA weights as a model folder of their own, beside ``model/``."""
+        import torch
+
+        from ..models.presets import save_model
+
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        raw = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            torch._foreach_copy_(params, self.ema)
+            save_model(self.model, self.tokenizer, self.out / "model-ema")
+            torch._foreach_copy_(params, raw)
 
 
 def train(cfg: TrainConfig, *, overwrite: bool = False) -> dict[str, Any]:
