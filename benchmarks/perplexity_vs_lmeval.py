@@ -121,10 +121,18 @@ def run_measured(name, cmd, env, log_dir: Path, timeout: float, cwd=None):
     busy0 = cpu_busy_s()
     with open(out_p, "wb") as out_f, open(err_p, "wb") as err_f:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            cmd, stdout=out_f, stderr=err_f, stdin=subprocess.DEVNULL,
-            env=env, cwd=cwd, start_new_session=True,
-        )
+        try:
+            proc = subprocess.Popen(
+                cmd, stdout=out_f, stderr=err_f, stdin=subprocess.DEVNULL,
+                env=env, cwd=cwd, start_new_session=True,
+            )
+        except OSError as e:
+            err_f.write(f"cannot start {cmd[0]}: {e}\n".encode())
+            return {"name": name, "cmd": cmd, "returncode": 127, "timed_out": False,
+                    "wall_s": 0.0, "cpu_user_s": 0.0, "cpu_sys_s": 0.0, "peak_rss_mib": 0.0,
+                    "loadavg_before": la0, "loadavg_after": loadavg(),
+                    "foreign_cpu_share": None, "stdout_path": str(out_p),
+                    "stderr_path": str(err_p)}
         timed_out = threading.Event()
 
         def _kill():
@@ -481,6 +489,10 @@ def main(argv=None) -> int:
     if "lm_eval" in summary and "bare" in summary:
         ratios["lmeval_wall_over_bare_forward"] = (
             summary["lm_eval"]["wall_s_min"] / summary["bare"]["forward_s_min"])
+    if "steadylm" in summary and "lm_eval" in summary:
+        # CPU seconds are less sensitive than wall time to other load on the machine
+        ratios["cpu_lmeval_over_steadylm"] = (
+            summary["lm_eval"]["cpu_s_min"] / summary["steadylm"]["cpu_s_min"])
     targets = {}
     for name, (op, thr) in TARGETS.items():
         if name in ratios:
@@ -529,6 +541,7 @@ def main(argv=None) -> int:
         "memory_steadylm_over_lmeval": "memory     steadylm_peak / lm_eval_peak",
         "steadylm_wall_over_bare_forward": "overhead   steadylm_wall / bare_forward",
         "lmeval_wall_over_bare_forward": "(info)     lm_eval_wall / bare_forward",
+        "cpu_lmeval_over_steadylm": "(info)     lm_eval_cpu / steadylm_cpu",
     }
     for name, label in labels.items():
         if name in ratios:

@@ -16,6 +16,7 @@ from conftest import run_cli
 from steadylm.config import CheckpointConfig, ClipConfig, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from steadylm.errors import CheckpointError, ConfigError
 from steadylm.train.loop import TrainingRun, lr_at
+from steadylm.train.monitor import read_metrics
 
 NANO = ["--data", "builtin:pydoc", "--preset", "nano", "--vocab-size", "400", "--context", "32", "--batch-size", "4"]
 
@@ -74,7 +75,7 @@ def test_run_folder_contents(short_run):
 
 def test_metrics_one_line_per_step(short_run):
     out, _ = short_run
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(out)
     assert [r["step"] for r in lines] == list(range(1, 13))
     for r in lines:
         assert {"step", "loss", "grad_norm", "clipped", "lr", "tokens_per_s", "penalty"} <= set(r)
@@ -195,8 +196,8 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
     summary = json.loads(res.stdout)
     assert 20 <= summary["resumed_from"] < 120
     assert sha(victim / "model" / "model.safetensors") == sha(tmp_path / "ref" / "model" / "model.safetensors")
-    got = [json.loads(x) for x in (victim / "metrics.jsonl").read_text().splitlines()]
-    want = [json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    got, want = read_metrics(victim), read_metrics(tmp_path / "ref")
+    assert read_metrics(victim, events=True) == read_metrics(tmp_path / "ref", events=True)
     assert [r["step"] for r in got] == list(range(1, 121))
     for g, w in zip(got, want):
         assert (g["loss"], g["grad_norm"], g["lr"], g["clipped"]) == (w["loss"], w["grad_norm"], w["lr"], w["clipped"])

@@ -49,6 +49,16 @@ _TRAIN_FLAGS: list[tuple[str, str | None, str, Any]] = [
     ("--clip", "clip", "method", str),
     ("--max-norm", "clip", "max_norm", float),
     ("--clip-value", "clip", "clip_value", float),
+    ("--percentile", "clip", "percentile", float),
+    ("--history", "clip", "history", int),
+    ("--alpha", "clip", "alpha", float),
+    ("--z-thresh", "clip", "z_thresh", float),
+    ("--zclip-warmup", "clip", "zclip_warmup", int),
+    ("--zclip-mode", "clip", "zclip_mode", str),
+    ("--zclip-option", "clip", "zclip_option", str),
+    ("--zclip-factor", "clip", "zclip_factor", float),
+    ("--agc-clipping", "clip", "agc_clipping", float),
+    ("--agc-eps", "clip", "agc_eps", float),
     ("--checkpoint-every", "checkpoint", "every", int),
     ("--keep-checkpoints", "checkpoint", "keep", int),
     ("--guard", "guard", "action", str),
@@ -77,6 +87,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         if flag == "--guard":
             kw["metavar"] = "{" + ",".join(GUARD_ACTIONS) + "}"
         p.add_argument(flag, dest=_dest(flag), **kw)
+    p.add_argument("--zclip-skip-on-spike", action="store_true", default=None, help=help_of(SECTIONS["clip"], "zclip_skip_on_spike"))
+    p.add_argument("--agc-clip-output", action="store_true", default=None, help="AGC: clip the output layer too")
     p.add_argument("--no-decay-embeddings", action="store_true", default=None, help="no weight decay on embedding matrices (OLMo 2)")
     p.add_argument("--trust-remote-code", action="store_true", default=None, help=help_of(SECTIONS["model"], "trust_remote_code"))
     p.add_argument("--config", metavar="FILE.toml", help="a TOML (or JSON) file with any of these settings; flags override it")
@@ -91,6 +103,10 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         (d.setdefault(section, {}) if section else d)[name] = v
     if args.no_decay_embeddings:
         d.setdefault("optim", {})["decay_embeddings"] = False
+    if args.zclip_skip_on_spike:
+        d.setdefault("clip", {})["zclip_skip_on_spike"] = True
+    if args.agc_clip_output:
+        d.setdefault("clip", {})["agc_skip_output"] = False
     if args.trust_remote_code:
         d.setdefault("model", {})["trust_remote_code"] = True
     if getattr(args, "out", None) is not None:

@@ -119,22 +119,63 @@ class OptimConfig:
                 raise ConfigError(f"{name} must be in [0, 1), got {b}")
 
 
-CLIP_METHODS = ("none", "norm", "value")
+CLIP_METHODS = ("none", "norm", "value", "autoclip", "zclip", "agc")
+ZCLIP_MODES = ("zscore", "percentile")
+ZCLIP_OPTIONS = ("adaptive_scaling", "mean")
 
 
 @dataclass
 class ClipConfig:
-    """Gradient clipping applied before every optimizer step."""
+    """Gradient clipping applied before every optimizer step (see `steadylm.train.clip`)."""
 
     method: str = _f("norm", "gradient clipping: " + ", ".join(CLIP_METHODS))
-    max_norm: float = _f(1.0, "threshold of --clip norm (global L2 norm of all gradients)")
+    max_norm: float = _f(1.0, "threshold of --clip norm (global L2 norm of all gradients); also ZClip's absolute cap (its max_grad_norm)")
     clip_value: float = _f(1.0, "threshold of --clip value (each gradient element to [-V, V])")
+    percentile: float = _f(10.0, "AutoClip: clip to this percentile of the history of gradient norms, in (0, 100]")
+    history: int = _f(1000, "AutoClip: how many past norms to keep")
+    alpha: float = _f(0.97, "ZClip: EMA smoothing factor of the norm's mean and variance, in (0, 1)")
+    z_thresh: float = _f(2.5, "ZClip: z-score above which a norm is a spike")
+    zclip_warmup: int = _f(25, "ZClip: steps of plain --max-norm clipping that seed the statistics")
+    zclip_mode: str = _f("zscore", "ZClip mode: " + ", ".join(ZCLIP_MODES))
+    zclip_option: str = _f("adaptive_scaling", "ZClip clip_option in zscore mode: " + ", ".join(ZCLIP_OPTIONS))
+    zclip_factor: float = _f(1.0, "ZClip clip_factor: scales the adaptive threshold")
+    zclip_skip_on_spike: bool = _f(False, "ZClip skip_update_on_spike: leave the statistics alone on a spike")
+    agc_clipping: float = _f(0.01, "AGC: lambda, the largest allowed ratio of unit-wise gradient norm to weight norm")
+    agc_eps: float = _f(1e-3, "AGC: floor on the weight norm")
+    agc_skip_output: bool = _f(True, "AGC: leave the output layer unclipped (as the paper does for the classifier)")
 
     def __post_init__(self) -> None:
         if self.method not in CLIP_METHODS:
             raise ConfigError(f"unknown --clip {self.method!r}; choose one of: {', '.join(CLIP_METHODS)}")
         _positive("--max-norm", self.max_norm)
         _positive("--clip-value", self.clip_value)
+        if not 0.0 < self.percentile <= 100.0:
+            raise ConfigError(f"--percentile must be in (0, 100], got {self.percentile}")
+        _positive("--history", self.history)
+        if not 0.0 < self.alpha < 1.0:
+            raise ConfigError(f"--alpha must be in (0, 1), got {self.alpha}")
+        _positive("--z-thresh", self.z_thresh)
+        _positive("--zclip-warmup", self.zclip_warmup, allow_zero=True)
+        _positive("--zclip-factor", self.zclip_factor)
+        _positive("--agc-clipping", self.agc_clipping)
+        _positive("--agc-eps", self.agc_eps)
+        if self.zclip_mode not in ZCLIP_MODES:
+            raise ConfigError(f"unknown --zclip-mode {self.zclip_mode!r}; choose one of: {', '.join(ZCLIP_MODES)}")
+        if self.zclip_option not in ZCLIP_OPTIONS:
+            raise ConfigError(f"unknown --zclip-option {self.zclip_option!r}; choose one of: {', '.join(ZCLIP_OPTIONS)}")
+
+    def clipper_kwargs(self) -> dict[str, Any]:
+        """Constructor arguments of the clipper ``method`` names (AGC's exclusions come from the model)."""
+        return {
+            "none": {},
+            "norm": {"max_norm": self.max_norm},
+            "value": {"clip_value": self.clip_value},
+            "autoclip": {"percentile": self.percentile, "history": self.history},
+            "zclip": {"alpha": self.alpha, "z_thresh": self.z_thresh, "max_grad_norm": self.max_norm,
+                      "warmup_steps": self.zclip_warmup, "mode": self.zclip_mode, "clip_option": self.zclip_option,
+                      "clip_factor": self.zclip_factor, "skip_update_on_spike": self.zclip_skip_on_spike},
+            "agc": {"clipping": self.agc_clipping, "eps": self.agc_eps},
+        }[self.method]
 
 
 GUARD_ACTIONS = ("off", "skip", "rollback")

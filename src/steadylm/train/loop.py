@@ -85,7 +85,6 @@ class TrainingRun:
         from ..data.sources import load_documents, split_documents
         from ..data.tokenizer import encode_documents, load_tokenizer, separator_id, train_bpe
         from ..models.presets import build_model, load_model, model_context
-        from .clip import make_clipper
         from .regularize import param_groups
         from .spikes import SpikeGuard
 
@@ -140,13 +139,24 @@ class TrainingRun:
             groups, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps,
             fused=True,
         )
-        self.clipper = make_clipper(cfg.clip.method, max_norm=cfg.clip.max_norm, clip_value=cfg.clip.clip_value)
+        self.clipper = self.build_clipper(cfg.clip, model)
         g = cfg.guard
         self.guard = SpikeGuard(g.action, sigma=g.sigma, window=g.window, min_samples=g.min_samples, max_consecutive=g.max_consecutive)
         self.ema = [p.detach().clone() for gr in groups for p in gr["params"]] if cfg.ema else None
         self.data_offset = 0
         self.fired: set[str] = set()
         self.n_params = sum(p.numel() for p in model.parameters())
+
+    @staticmethod
+    def build_clipper(clip, model):
+        """The clipper a `ClipConfig` names, for ``model``."""
+        from .clip import make_clipper
+
+        kwargs = clip.clipper_kwargs()
+        if clip.method == "agc":
+            out = model.get_output_embeddings()
+            kwargs["exclude"] = [out.weight] if (clip.agc_skip_output and out is not None) else []
+        return make_clipper(clip.method, **kwargs)
 
     def _prepare_folder(self) -> None:
         """Create the run folder (fresh run) or restore the newest checkpoint (resume)."""
