@@ -25,13 +25,16 @@ What is the same on both sides (checked, not assumed)
 
 What steadylm does on top (and is therefore *measured as its overhead*)
 -----------------------------------------------------------------------
-Everything in its loop body as shipped: per-step lr update, ``BlockDataset.batch`` (a Python
-loop over the batch rows), ``loss_sum`` bookkeeping, the clipper's stats, one JSON line written
-and flushed to metrics.jsonl, the TensorBoard scalars, the (rich) progress bar update, and
-checkpoints at the default interval (``CheckpointConfig.every`` = 100, as in the demo).
-Nothing is disabled. The progress bar is on only when stderr is a terminal, exactly as in a real
-run (``--progress on|off`` forces it; run under ``script -qc '...' /dev/null`` to measure a
-real terminal). While the bare loop runs, steadylm's progress bar is stopped, so its refresh
+Everything in its loop body as shipped with the demo settings (at the time of writing: the lr
+update, ``BlockDataset.batch`` - a Python loop over the batch rows - ``loss_sum`` bookkeeping, the
+clipper's stats, the spike/NaN guard's check, one JSON line written and flushed to metrics.jsonl,
+a TensorBoard scalar per numeric field, the (rich) progress bar update, and checkpoints at the
+default interval, ``CheckpointConfig.every`` = 100 as in the 300-step demo). Features that are
+off by default (z-loss, EMA, --monitor-every) stay off; the guard stays on, and if it ever skips
+an update the two runs stop being identical, which the report shows. Nothing is disabled.
+The progress bar is on only when stderr is a terminal, exactly as in a real run
+(``--progress on|off`` forces it; run under ``script -qc '...' /dev/null`` to measure a real
+terminal). While the bare loop runs, steadylm's progress bar is stopped, so its refresh
 thread is not charged to the bare loop.
 
 How it is timed
@@ -39,8 +42,8 @@ How it is timed
 One process, one model each, interleaved: after ``--warmup`` steps of each side (not measured),
 ``--rounds`` rounds alternate blocks of ``--steps`` optimizer steps, ordered S B | B S | S B ...
 (ABBA, so neither side always runs on a cache warmed by the other). steadylm runs its real
-``TrainingRun.run()``; the benchmark hooks the start of each step (``loop.lr_at`` is the first
-thing a step calls) to take a timestamp, and runs the bare blocks from inside that hook, before
+``TrainingRun.run()``; the benchmark hooks the start of each step (the call of ``loop.lr_at``
+made from ``run()`` itself, near the top of the step) to take a timestamp, and runs the bare blocks from inside that hook, before
 taking the timestamp that starts steadylm's next step. A steadylm step's time is therefore the
 wall time of its *whole loop body* (logging, progress, checkpoint included), from one step start
 to the next; the final validation/model export in ``finish()`` is not part of training and is
@@ -279,8 +282,12 @@ def run_benchmark(args) -> dict:
         if live:
             bar.start()
 
+    run_code = loop.TrainingRun.run.__code__
+
     def lr_at_hook(step, c):
         t = time.perf_counter()
+        if sys._getframe(1).f_code is not run_code:  # e.g. a checkpoint recording the next lr
+            return real_lr_at(step, c)
         if state["starts"]:
             state["ends"].append(t)
         run_bare(bare_before[step])
@@ -322,8 +329,11 @@ def run_benchmark(args) -> dict:
     from steadylm.train.monitor import read_metrics
 
     metrics = read_metrics(run.out)
-    s_losses = [m["loss"] for m in metrics]
-    s_norms = [m["grad_norm"] for m in metrics]
+    steps_logged = [m for m in metrics if "event" not in m and "loss" in m]
+    events = [m for m in metrics if "event" in m]
+    nan = float("nan")
+    s_losses = [nan if m["loss"] is None else m["loss"] for m in steps_logged]
+    s_norms = [nan if m["grad_norm"] is None else m["grad_norm"] for m in steps_logged]
     # steadylm logs the mean of the micro-batch losses, the bare loop (nanoGPT) the last one
     loss_diff = max(abs(a - b) for a, b in zip(s_losses, bare.losses)) if cfg.optim.grad_accum == 1 else None
     norm_diff = max(abs(a - b) for a, b in zip(s_norms, bare.norms))
@@ -358,6 +368,8 @@ def run_benchmark(args) -> dict:
             "tokens_per_step": tokens_per_step, "warmup_steps": W, "steps_per_block": N, "rounds": R,
             "total_steps": total, "checkpoint_every": every, "clip": f"{cfg.clip.method} {cfg.clip.max_norm}",
             "progress_bar": progress_on, "parameters": run.n_params,
+            "guard": getattr(getattr(cfg, "guard", None), "action", None), "z_loss": getattr(cfg, "z_loss", None),
+            "ema": getattr(cfg, "ema", None), "monitor_every": getattr(cfg, "monitor_every", None),
         },
         "environment": {
             "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -377,17 +389,19 @@ def run_benchmark(args) -> dict:
         "target_met": b_med / s_med >= TARGET,
         "target_met_amortised": b_amort / s_amort >= TARGET,
         "rounds": rounds,
-        "same_work": {"max_abs_loss_diff": loss_diff, "max_abs_grad_norm_diff": norm_diff,
+        "same_work": {"steadylm_events": [{k: e[k] for k in ("step", "event", "kind") if k in e} for e in events],
+                      "max_abs_loss_diff": loss_diff, "max_abs_grad_norm_diff": norm_diff,
                       "max_abs_weight_diff": w_diff, "bit_identical": not loss_diff and norm_diff == 0 and w_diff == 0},
         "per_step_s": {"steadylm": s_times, "bare": bare.times, "checkpoint_steps": sorted(ckpt_steps)},
         "setup_s": state["t_setup"],
     }
+    last_record = steps_logged[-1] if steps_logged else {}
     if args.components:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # save_pretrained's "Writing model shards" bars, 5 x per timing
         try:
-            result["components"] = components(run, bare, cfg, work)
+            result["components"] = components(run, bare, cfg, work, last_record)
         finally:
             hf_logging.enable_progress_bar()
     if not args.keep_run:
@@ -428,12 +442,13 @@ def _check_same_work(run, bare: BareLoop, cfg, lr_at) -> None:
 
 
 # ----------------------------------------------------------------------------- components
-def components(run, bare: BareLoop, cfg, work: Path) -> dict:
+def components(run, bare: BareLoop, cfg, work: Path, record: dict) -> dict:
     """Each steadylm-only piece of the loop body, timed alone (median seconds per call)."""
+    import copy
+
     import torch
 
     from steadylm.progress import make_progress
-    from steadylm.train.checkpoint import save_checkpoint
     from steadylm.train.monitor import MetricsLogger
 
     B = cfg.optim.batch_size
@@ -446,40 +461,54 @@ def components(run, bare: BareLoop, cfg, work: Path) -> dict:
 
     out["data_batch_steadylm_s"] = _timeit(lambda: run.data.batch(nxt(), B), 300)
     out["data_batch_vectorised_s"] = _timeit(lambda: bare.get_batch(nxt()), 300)
-    rec = {"step": 1, "loss": 5.123456789, "grad_norm": 0.87654321, "clipped": False, "lr": 0.003, "tokens_per_s": 23456.789}
-    for name, tb in (("log_jsonl_and_tensorboard_s", True), ("log_jsonl_only_s", False)):
+
+    # one metrics record as the run wrote it (its last step line), logged at a realistic pace: the
+    # TensorBoard writer thread gets 5 ms between calls to drain its queue, as it gets a whole
+    # training step in a run. Wall time is the main thread's; CPU time includes the writer thread.
+    rec = dict(record) or {"step": 1, "loss": 5.1, "grad_norm": 0.9, "clipped": False, "lr": 0.003, "tokens_per_s": 23456.7}
+    out["tensorboard_scalars_per_step"] = sum(
+        1 for key, v in rec.items() if key != "step" and isinstance(v, (int, float)) and not isinstance(v, bool))
+    for name, tb in (("log_jsonl_and_tensorboard", True), ("log_jsonl_only", False)):
         d = work / f"log-{name}"
         d.mkdir()
         lg = MetricsLogger(d, tensorboard=tb)
-        step = [0]
-
-        def log_once(lg=lg, step=step):
-            step[0] += 1
-            lg.log({**rec, "step": step[0]})
-
-        out[name] = _timeit(log_once, 300)
+        wall, cpu = [], 0.0
+        for i in range(200):
+            time.sleep(0.005)
+            c0, t0 = time.process_time(), time.perf_counter()
+            lg.log({**rec, "step": i + 1})
+            wall.append(time.perf_counter() - t0)
+            time.sleep(0.005)  # let the writer thread finish (its CPU time is counted below)
+            cpu += time.process_time() - c0
         lg.close()
+        out[name + "_s"] = statistics.median(wall)
+        out[name + "_cpu_s"] = cpu / 200
     with make_progress() as bar:  # as the loop has it: on only when stderr is a terminal
         task = bar.add_task("x", total=10**9, info="")
         out["progress_update_s"] = _timeit(lambda: bar.update(task, advance=1, info="loss 5.123"), 300)
         out["progress_enabled"] = not bar.disable
     x = torch.tensor(1.2345)
     out["float_of_tensor_s"] = _timeit(lambda: float(x), 1000)
+    guard = copy.deepcopy(run.guard)
+    n = [10**6]
 
-    def extras():
-        s = torch.zeros(())
-        s += x
-        _ = x > 1.0
-        return s
+    def check():
+        n[0] += 1
+        guard.check(n[0], 5.0, 0.5)
 
-    out["loss_sum_and_clipped_flag_s"] = _timeit(extras, 1000)
-    # a checkpoint at the default setting, and its parts
-    ck_root = work / "ckpt"
-    ck_root.mkdir()
-    steps = iter(range(1, 10**6))
-    out["checkpoint_s"] = _timeit(lambda: save_checkpoint(
-        ck_root, next(steps), model=run.model, tokenizer=run.tokenizer, optimizer=run.optimizer,
-        state={"samples": 0}, keep=cfg.checkpoint.keep), 5)
+    out["guard_check_s"] = _timeit(check, 1000)
+    # the clipper (with its stats) vs a bare clip_grad_norm_, on random gradients
+    params = [p for g in run.optimizer.param_groups for p in g["params"]]
+    gen = torch.Generator().manual_seed(0)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen) * 1e-3
+    out["clipper_s"] = _timeit(lambda: run.clipper.clip_(params), 100)
+    out["clip_grad_norm_s"] = _timeit(lambda: torch.nn.utils.clip_grad_norm_(params, cfg.clip.max_norm), 100)
+    for p in params:
+        p.grad = None
+    # a checkpoint exactly as the loop writes it, and its parts
+    steps = iter(range(10**6, 2 * 10**6))
+    out["checkpoint_s"] = _timeit(lambda: run._checkpoint(next(steps), 1.0), 5)
     parts = work / "parts"
     parts.mkdir()
     out["checkpoint_parts_s"] = {
@@ -487,8 +516,8 @@ def components(run, bare: BareLoop, cfg, work: Path) -> dict:
         "tokenizer_save_pretrained": _timeit(lambda: run.tokenizer.save_pretrained(parts / "t"), 5),
         "optimizer_torch_save": _timeit(lambda: torch.save(run.optimizer.state_dict(), parts / "o.pt"), 5),
     }
-    out["checkpoint_bytes"] = sum(p.stat().st_size for p in (ck_root / "checkpoints").glob("step-*/*") if p.is_file()) // max(
-        1, len(list((ck_root / "checkpoints").glob("step-*"))))
+    ck = [d for d in (run.out / "checkpoints").glob("step-*") if d.is_dir()]
+    out["checkpoint_bytes"] = sum(f.stat().st_size for d in ck for f in d.iterdir() if f.is_file()) // max(1, len(ck))
     return out
 
 
@@ -500,6 +529,7 @@ def report(res: dict) -> None:
     print(f"torch {e['torch']}, {e['threads']} threads on {e['cpus']} CPUs; load before {e['load_before'][0]:.2f} "
           f"(1 min) / {e['load_before'][1]:.2f} (5 min); progress bar {'on' if c['progress_bar'] else 'off'}; "
           f"checkpoint every {c['checkpoint_every']}")
+    print(f"steadylm settings: clip {c['clip']}, guard {c['guard']}, z-loss {c['z_loss']}, ema {c['ema']}, monitor every {c['monitor_every']}")
     print(f"{c['warmup_steps']} warm-up steps each (excluded), then {c['rounds']} rounds x {c['steps_per_block']} steps each, "
           f"interleaved ABBA\n")
     hdr = f"{'loop':<10} {'steps':>5} {'median ms':>10} {'mean ms':>9} {'min ms':>8} {'max ms':>8} {'tok/s (median)':>15} {'tok/s (amort.)':>15}"
@@ -517,16 +547,20 @@ def report(res: dict) -> None:
     ld = "n/a (grad_accum > 1)" if sw["max_abs_loss_diff"] is None else f"{sw['max_abs_loss_diff']:.3g}"
     print(f"same work: max |loss diff| {ld}, |grad-norm diff| {sw['max_abs_grad_norm_diff']:.3g}, "
           f"|weight diff| {sw['max_abs_weight_diff']:.3g}{' (bit-identical)' if sw['bit_identical'] else ''}")
+    if sw["steadylm_events"]:
+        print(f"  steadylm events during the run (explain any difference): {sw['steadylm_events']}")
     if "components" in res:
         k = res["components"]
         print("\nsteadylm-only pieces, timed alone (per call):")
         print(f"  BlockDataset.batch (Python loop over {c['batch_size']} rows) {k['data_batch_steadylm_s'] * 1e6:8.1f} us   "
               f"vs one vectorised gather {k['data_batch_vectorised_s'] * 1e6:.1f} us")
-        print(f"  MetricsLogger.log, JSONL + TensorBoard          {k['log_jsonl_and_tensorboard_s'] * 1e6:8.1f} us   "
-              f"(JSONL only {k['log_jsonl_only_s'] * 1e6:.1f} us)")
+        print(f"  MetricsLogger.log, JSONL + {k['tensorboard_scalars_per_step']} TensorBoard scalars {k['log_jsonl_and_tensorboard_s'] * 1e6:8.1f} us"
+              f" (CPU incl. writer thread {k['log_jsonl_and_tensorboard_cpu_s'] * 1e6:.0f} us)   JSONL only {k['log_jsonl_only_s'] * 1e6:.1f} us"
+              f" (CPU {k['log_jsonl_only_cpu_s'] * 1e6:.0f} us)")
         print(f"  progress bar update ({'enabled' if k['progress_enabled'] else 'disabled, not a terminal'})"
               f"{'':<12}{k['progress_update_s'] * 1e6:8.1f} us")
-        print(f"  loss_sum + clipped flag {k['loss_sum_and_clipped_flag_s'] * 1e6:.1f} us, float(tensor) {k['float_of_tensor_s'] * 1e6:.2f} us")
+        print(f"  clipper.clip_ {k['clipper_s'] * 1e6:.0f} us vs clip_grad_norm_ {k['clip_grad_norm_s'] * 1e6:.0f} us; "
+              f"guard.check {k['guard_check_s'] * 1e6:.1f} us; float(tensor) {k['float_of_tensor_s'] * 1e6:.2f} us")
         p = k["checkpoint_parts_s"]
         print(f"  checkpoint {k['checkpoint_s'] * 1e3:.0f} ms ({k['checkpoint_bytes'] / 1e6:.1f} MB): model {p['model_save_pretrained'] * 1e3:.0f} ms, "
               f"tokenizer {p['tokenizer_save_pretrained'] * 1e3:.0f} ms, optimizer {p['optimizer_torch_save'] * 1e3:.0f} ms, "

@@ -69,6 +69,7 @@ _TRAIN_FLAGS: list[tuple[str, str | None, str, Any]] = [
     ("--inject", "guard", "inject", list),
     ("--z-loss", None, "z_loss", float),
     ("--ema", None, "ema", float),
+    ("--monitor-every", None, "monitor_every", int),
 ]
 
 

@@ -231,9 +231,11 @@ class TrainConfig:
     guard: GuardConfig = field(default_factory=GuardConfig)
     z_loss: float = _f(0.0, "z-loss coefficient C: adds C * log^2 Z per token (PaLM uses 1e-4); 0 turns it off")
     ema: float = _f(0.0, "keep an exponential moving average of the weights with this decay (e.g. 0.999); 0 turns it off")
+    monitor_every: int = _f(0, "every N steps also log the update-to-weight ratio per parameter group, the max attention logit and the output log Z; 0 turns it off")
 
     def __post_init__(self) -> None:
         _positive("--z-loss", self.z_loss, allow_zero=True)
+        _positive("--monitor-every", self.monitor_every, allow_zero=True)
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"--ema must be in [0, 1), got {self.ema}")
         _positive("--steps", self.steps)

@@ -28,6 +28,16 @@ PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
         dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4),
         "Llama-style, ~1.8 M parameters at vocab 4096: the demo model",
     ),
+    "tiny-qknorm": (
+        "Qwen3Config",
+        dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, head_dim=32),
+        "Qwen3-style (RMSNorm on queries and keys), same size as tiny",
+    ),
+    "nano-qknorm": (
+        "Qwen3Config",
+        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, head_dim=16),
+        "Qwen3-style QK-norm, same size as nano: for tests",
+    ),
     "small": (
         "LlamaConfig",
         dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=6),

@@ -262,7 +262,7 @@ class TrainingRun:
         import torch.nn.functional as F
 
         from ..progress import make_progress
-        from .monitor import MetricsLogger
+        from .monitor import AttentionProbe, MetricsLogger, update_ratios
         from .regularize import l1_penalty, l2_penalty
         from .spikes import GuardStop, parse_injection
 
@@ -277,6 +277,8 @@ class TrainingRun:
         logger = MetricsLogger(self.out, resume_step=self.start_step if self.resuming else None)
         model, opt, params = self.model, self.optimizer, [p for g in self.optimizer.param_groups for p in g["params"]]
         penalized = bool(cfg.optim.l2 or cfg.optim.l1)
+        probe = AttentionProbe(model) if cfg.monitor_every else None
+        group_names = ["decay", "no_decay"]
         if cfg.guard.action == "rollback" and not self.resuming and self.start_step == 0:
             self._checkpoint(0, 0.0)  # something to roll back to before the first regular checkpoint
         t_start = time.perf_counter()
@@ -298,11 +300,17 @@ class TrainingRun:
                     loss_sum = torch.zeros(())
                     z_sum = torch.zeros(())
                     first_sample = step * A * B + self.data_offset
+                    watch = bool(cfg.monitor_every) and n % cfg.monitor_every == 0
+                    if probe is not None:
+                        probe.armed = watch
+                    log_z = None
                     for micro in range(A):
                         x, y = self.data.batch(first_sample + micro * B, B)  # (B, T) each
                         logits = model(input_ids=x, use_cache=False).logits  # (B, T, V)
                         flat = logits.reshape(-1, logits.size(-1)).float()  # (B*T, V)
                         loss = F.cross_entropy(flat, y.reshape(-1))
+                        if watch and micro == 0:
+                            log_z = flat.detach().logsumexp(-1)  # (B*T,)
                         if "nan" in fire:
                             loss = loss * float("nan")
                         total = loss / A
@@ -326,8 +334,11 @@ class TrainingRun:
                     if act in ("skip", "rollback"):
                         opt.zero_grad(set_to_none=True)  # the update is not taken
                     else:
+                        before = [p.detach().clone() for p in params] if watch else None
                         opt.step()
                         opt.zero_grad(set_to_none=True)
+                        if watch:
+                            ratios = update_ratios(before, [g["params"] for g in opt.param_groups], group_names)
                         if self.ema is not None:
                             torch._foreach_lerp_(self.ema, [p.detach() for p in params], 1.0 - cfg.ema)
                     dt = time.perf_counter() - t0
@@ -339,6 +350,16 @@ class TrainingRun:
                         record["penalty"] = float(penalty.detach())
                     if cfg.z_loss:
                         record["z_loss"] = float(z_sum) / A
+                    if stats.post_norm is not None:
+                        record["post_norm"] = float(stats.post_norm)
+                    if watch:
+                        if act == "none":
+                            record.update(ratios)
+                        if log_z is not None:
+                            record["log_z_mean"] = float(log_z.mean())
+                            record["log_z_max"] = float(log_z.max())
+                        if probe is not None and probe.supported:
+                            record["max_attn_logit"] = probe.take()
                     if incidents:
                         record["skipped"] = act in ("skip", "rollback")
                     logger.log(record)
@@ -372,6 +393,8 @@ class TrainingRun:
             raise
         finally:
             logger.close()
+            if probe is not None:
+                probe.close()
         return self.finish(last_loss, time.perf_counter() - t_start)  # training time only
 
     # ------------------------------------------------------------------ finish

@@ -96,3 +96,91 @@ def read_metrics(run_dir: str | os.PathLike, *, events: bool = False) -> list[di
             if ("event" in rec) == events:
                 out.append(rec)
     return out
+
+
+class AttentionProbe:
+    """Max pre-softmax attention logit per step: the first sign of attention-logit growth.
+
+    Wortsman et al. 2023 ("Small-scale proxies for large-scale Transformer training
+    instabilities") show attention logits growing without bound before a divergence, and
+    QK-layernorm preventing it. Fast attention kernels never materialise the logits, so on the
+    steps it is armed for, this probe recomputes ``q k^T * scaling`` (causal positions only) from
+    each attention module's inputs, with the module's own projections, q/k norms and rotary
+    embedding - Llama-, Qwen- and OLMo-style attention in ``transformers``. Other architectures
+    report nothing rather than a wrong number.
+    """
+
+    def __init__(self, model):
+        import importlib
+
+        self.value = None
+        self.armed = False
+        self._handles = []
+        for module in model.modules():
+            if not all(hasattr(module, a) for a in ("q_proj", "k_proj", "head_dim")):
+                continue
+            mod = importlib.import_module(type(module).__module__)
+            rope = getattr(mod, "apply_rotary_pos_emb", None)
+            if rope is None:
+                continue
+            self._handles.append(module.register_forward_pre_hook(self._hook(rope), with_kwargs=True))
+
+    @property
+    def supported(self) -> bool:
+        return bool(self._handles)
+
+    def _hook(self, rope):
+        import torch
+
+        def hook(module, args, kwargs):
+            if not self.armed:
+                return None
+            h = kwargs.get("hidden_states", args[0] if args else None)
+            pe = kwargs.get("position_embeddings", args[1] if len(args) > 1 else None)
+            if h is None or pe is None:
+                return None
+            with torch.no_grad():
+                shape = (*h.shape[:-1], -1, module.head_dim)
+                q = module.q_proj(h).view(shape)
+                k = module.k_proj(h).view(shape)
+                if hasattr(module, "q_norm"):
+                    q, k = module.q_norm(q), module.k_norm(k)
+                q, k = rope(q.transpose(1, 2), k.transpose(1, 2), *pe)  # (B, H, T, D), (B, Hkv, T, D)
+                if k.shape[1] != q.shape[1]:  # grouped-query attention
+                    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+                scale = getattr(module, "scaling", module.head_dim ** -0.5)
+                logits = (q @ k.transpose(-1, -2)) * scale  # (B, H, T, T)
+                T = logits.shape[-1]
+                causal = torch.ones(T, T, dtype=torch.bool, device=logits.device).tril()
+                m = logits.masked_fill(~causal, float("-inf")).amax()
+                self.value = m if self.value is None else torch.maximum(self.value, m)
+            return None
+
+        return hook
+
+    def take(self) -> float | None:
+        """The maximum seen since the last call (None if nothing was measured)."""
+        v, self.value = self.value, None
+        return None if v is None else float(v)
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def update_ratios(before: list, params_by_group: list[list], names: list[str]) -> dict[str, float]:
+    """``||w_after - w_before|| / ||w_before||`` per parameter group (the update-to-weight ratio)."""
+    import torch
+
+    out = {}
+    i = 0
+    for name, group in zip(names, params_by_group):
+        num = den = 0.0
+        for p in group:
+            b = before[i]
+            i += 1
+            num += float(torch.linalg.vector_norm(p.detach() - b)) ** 2
+            den += float(torch.linalg.vector_norm(b)) ** 2
+        out[f"update_ratio/{name}"] = math.sqrt(num) / math.sqrt(den) if den > 0 else 0.0
+    return out
