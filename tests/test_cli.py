@@ -131,16 +131,19 @@ def test_presets_and_version():
 
 def test_demo_runs_and_says_where_things_are(tmp_path):
     out = tmp_path / "demo"
-    r = run_cli("demo", "--out", str(out), "--steps", "3")
+    r = run_cli("demo", "--out", str(out), "--steps", "4")
     assert r.returncode == 0, r.stderr
-    assert f"run folder: {out / 'train'}" in r.stdout.replace("\n", "")
-    assert (out / "train" / "model" / "model.safetensors").is_file()
-    s = json.loads((out / "train" / "summary.json").read_text())
-    assert s["steps"] == 3 and s["val_perplexity"] > 1
+    assert f"run folders: {out / 'baseline'}" in r.stdout
+    assert f"model:       {out / 'stabilized' / 'model'}" in r.stdout
+    for name in ("baseline", "stabilized"):
+        assert (out / name / "model" / "model.safetensors").is_file()
+        s = json.loads((out / name / "summary.json").read_text())
+        assert s["steps"] == 4 and [i["spec"] for i in s["injected"]] == ["spike@2:1000", "lr@3:1000"]
+    assert (out / "comparison.png").is_file()
     # a second demo into the same folder replaces the first
     r = run_cli("demo", "--out", str(out), "--steps", "2")
     assert r.returncode == 0, r.stderr
-    assert json.loads((out / "train" / "summary.json").read_text())["steps"] == 2
+    assert json.loads((out / "stabilized" / "summary.json").read_text())["steps"] == 2
     # but a folder that holds something else is left alone
     other = tmp_path / "mine"
     other.mkdir()

@@ -157,3 +157,20 @@ def test_comparison_errors(tmp_path):
     with pytest.raises(SteadyError, match="no metrics.jsonl"):
         plot_comparison({"a": write_run(tmp_path / "a"), "b": tmp_path / "missing"}, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_all_nonfinite_run_plots_without_warnings(tmp_path):
+    """A run that diverged from step 1: every value null, threshold Inf (no clipping)."""
+    import warnings
+
+    run = tmp_path / "diverged"
+    run.mkdir()
+    recs = [{"step": n, "loss": None, "loss_nonfinite": "nan", "grad_norm": None, "grad_norm_nonfinite": "inf",
+             "clipped": False, "threshold": None, "threshold_nonfinite": "inf", "lr": 1e-3} for n in range(1, 6)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        paths = plot_run(run)
+        out = plot_comparison({"diverged": run, "ok": write_run(tmp_path / "ok", monitor=False)}, tmp_path / "c.png")
+    for p in [*paths, out]:
+        assert_png(p)

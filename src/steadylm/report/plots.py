@@ -58,7 +58,7 @@ class _Run:
         self.dir = Path(run_dir)
         path = self.dir / "metrics.jsonl"
         if not path.is_file():
-            raise SteadyError(f"{path}: no metrics.jsonl in this folder; is it a training run folder?")
+            raise SteadyError(f"{self.dir}: no metrics.jsonl in this folder; is it a training run folder?")
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
         steps: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
@@ -161,10 +161,13 @@ def _figure(ncols: int = 1):
     return fig, list(axes)
 
 
-def _log_y(ax) -> None:
-    """A log y-axis with plain labels (1, 10, 0.001); the default mathtext labels cost ~50 ms."""
+def _log_y(ax, values: Iterable[float]) -> None:
+    """A log y-axis with plain labels (1, 10, 0.001); the default mathtext labels cost ~50 ms.
+    Stays linear when ``values`` has nothing positive and finite (a log axis would fail)."""
     from matplotlib import ticker
 
+    if not any(v > 0 and math.isfinite(v) for v in values):
+        return
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_formatter(ticker.NullFormatter())
@@ -330,7 +333,7 @@ def _plot_grad_norm(run: _Run, path: Path) -> Path:
     _mark_nonfinite(ax, bad, "grad norm")
     _mark_events(ax, run)
     _mark_incidents(ax, run, x, y, own_kinds={"grad_spike"})
-    _log_y(ax)
+    _log_y(ax, y)
     ax.set_ylabel("global L2 gradient norm (log)")
     _title(ax, "Gradient norm" + note, run)
     _legend(ax)
@@ -339,15 +342,17 @@ def _plot_grad_norm(run: _Run, path: Path) -> Path:
 
 def _plot_simple(run: _Run, path: Path, keys: list[str], title: str, ylabel: str, *, log: bool = False) -> Path:
     fig, (ax,) = _figure()
+    seen: list[float] = []
     for i, key in enumerate(keys):
         x, y, bad = run.series(key, positive=log)
+        seen += y
         sparse = len(x) < 0.5 * len(run.steps)  # e.g. logged only every --monitor-every steps
         ax.plot(x, y, color=_RUN_COLORS[i % len(_RUN_COLORS)], linewidth=1.2, label=key,
                 marker="o" if sparse else None, markersize=3)
         _mark_nonfinite(ax, bad, key)
     _mark_events(ax, run)
     if log:
-        _log_y(ax)
+        _log_y(ax, seen)
     ax.set_ylabel(ylabel)
     _title(ax, title, run)
     _legend(ax)
