@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", metavar="DIR", default=None, help="continue the run in DIR from its newest complete checkpoint")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run folder given with --out")
     tr.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+    tr.add_argument("--no-plots", action="store_true", help="do not write RUN_DIR/plots/*.png at the end")
     _add_train_args(tr)
 
     ev = sub.add_parser("eval", help="evaluate a model")
@@ -145,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ppl.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
     ppl.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    pl = sub.add_parser("plot", help="write PNGs of a run's loss, grad norm with threshold, learning rate and incidents")
+    pl.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by steadylm train")
+    pl.add_argument("-o", "--out", default=None, help="folder for the PNGs (default: RUN_DIR/plots)")
 
     sub.add_parser("presets", help="list the model presets")
     return p
@@ -168,7 +173,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = TrainConfig.from_dict(merge(base, _train_overrides(args)), origin=args.config or "flags")
         run = TrainingRun(cfg, overwrite=args.overwrite)
     summary = run.run()
+    if not args.no_plots:
+        from .report.plots import plot_run
+
+        summary["plots"] = [str(p) for p in plot_run(run.out)]
     _print_summary(summary, as_json=args.json, title=f"run {run.out}")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .report.plots import plot_run
+
+    if not Path(args.run_dir).is_dir():
+        raise SteadyError(f"{args.run_dir}: no such run folder")
+    for p in plot_run(args.run_dir, args.out):
+        print(p)
     return 0
 
 
@@ -232,7 +253,7 @@ def _quiet_libraries() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
-    handlers = {"train": _cmd_train, "demo": _cmd_demo, "presets": _cmd_presets}
+    handlers = {"train": _cmd_train, "demo": _cmd_demo, "presets": _cmd_presets, "plot": _cmd_plot}
     try:
         if args.command == "eval":
             return _cmd_eval_perplexity(args)

@@ -116,14 +116,21 @@ class _Run:
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("event") == kind]
 
+    def span(self) -> tuple[int, int]:
+        """First and last step of any record, events included."""
+        ev = [e["step"] for e in self.events]
+        return min([self.steps[0]["step"], *ev]), max([self.steps[-1]["step"], *ev])
+
     def subtitle(self) -> str:
         s = self.summary
         parts = [f"{self.steps[-1]['step']} steps"]
-        for key, name in (("incidents", "incidents"), ("skipped_steps", "skipped"), ("rollbacks", "rollbacks")):
-            if isinstance(s.get(key), int):
-                parts.append(f"{s[key]} {name}")
-        if not isinstance(s.get("incidents"), int):
-            parts.append(f"{len(self.of('incident'))} incidents")
+        counts = {key: s.get(key) for key in ("incidents", "skipped_steps", "rollbacks")}
+        if not isinstance(counts["incidents"], int):
+            counts["incidents"] = len(self.of("incident"))
+        for key, name in (("incidents", "incident"), ("skipped_steps", "skipped"), ("rollbacks", "rollback")):
+            n = counts[key]
+            if isinstance(n, int) and not isinstance(n, bool):
+                parts.append(f"{n} {name}" + ("s" if n != 1 and name != "skipped" else ""))
         if _finite(s.get("val_perplexity")):
             parts.append(f"val ppl {s['val_perplexity']:.4g}")
         return " · ".join(parts)
@@ -260,6 +267,16 @@ def _mark_incidents(ax, run: _Run, x: list[int], y: list[float], own_kinds: Iter
         _pin_top(ax, tops, label=label, **kw)
 
 
+def _finish(ax, span: tuple[int, int], values: Iterable[float]) -> None:
+    """Pin the x range to the run's steps (markers on the top edge do not widen it, and an
+    all-null series would leave it at matplotlib's default), and say so when nothing was finite."""
+    lo, hi = span
+    pad = max(0.5, 0.02 * (hi - lo))
+    ax.set_xlim(lo - pad, hi + pad)
+    if not any(math.isfinite(v) for v in values):
+        ax.text(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center", va="center", color="#888888")
+
+
 def _legend(ax, handles=None, labels=None, *, outside: bool = True) -> None:
     """Deduplicated legend, in the strip right of the axis (``outside``) or at the best spot inside."""
     if handles is None:
@@ -299,6 +316,7 @@ def _plot_loss(run: _Run, path: Path) -> Path:
     _mark_nonfinite(ax, bad, "loss")
     _mark_events(ax, run)
     _mark_incidents(ax, run, x, y, own_kinds={"loss_spike"})
+    _finish(ax, run.span(), y)
     ax.set_ylabel("training loss (nats/token)")
     _title(ax, "Training loss", run)
     _legend(ax)
@@ -334,6 +352,7 @@ def _plot_grad_norm(run: _Run, path: Path) -> Path:
     _mark_events(ax, run)
     _mark_incidents(ax, run, x, y, own_kinds={"grad_spike"})
     _log_y(ax, y)
+    _finish(ax, run.span(), y)
     ax.set_ylabel("global L2 gradient norm (log)")
     _title(ax, "Gradient norm" + note, run)
     _legend(ax)
@@ -353,6 +372,7 @@ def _plot_simple(run: _Run, path: Path, keys: list[str], title: str, ylabel: str
     _mark_events(ax, run)
     if log:
         _log_y(ax, seen)
+    _finish(ax, run.span(), seen)
     ax.set_ylabel(ylabel)
     _title(ax, title, run)
     _legend(ax)
@@ -364,11 +384,14 @@ def _plot_attention(run: _Run, path: Path, logz_keys: list[str]) -> Path:
     fig, axes = _figure(len(panels))
     for ax, keys in zip(axes, panels):
         keys = [keys] if isinstance(keys, str) else keys
+        seen: list[float] = []
         for i, key in enumerate(keys):
             x, y, bad = run.series(key)
+            seen += y
             ax.plot(x, y, color=_RUN_COLORS[i % len(_RUN_COLORS)], linewidth=1.2, marker="o", markersize=3, label=key)
             _mark_nonfinite(ax, bad, key)
         _mark_events(ax, run)
+        _finish(ax, run.span(), seen)
         if keys == ["max_attn_logit"]:
             ax.set_ylabel("max attention logit")
             ax.set_title(f"Attention-logit growth — {run.dir.name}", fontsize=10)
@@ -422,9 +445,11 @@ def plot_comparison(run_dirs: dict[str, str | os.PathLike], out_path: str | os.P
     kinds: dict[str, dict[str, Any]] = {}
     extra: dict[str, dict[str, Any]] = {}
     injects: dict[tuple[int, str], None] = {}
+    seen: list[float] = []
     for i, (name, run) in enumerate(runs.items()):
         color = _RUN_COLORS[i % len(_RUN_COLORS)]
         x, y, bad = run.series("loss")
+        seen += y
         s = run.summary
         extra_label = f" (val ppl {s['val_perplexity']:.4g})" if _finite(s.get("val_perplexity")) else ""
         ax.plot(x, y, color=color, linewidth=1.3, label=f"{name}{extra_label}")
@@ -453,6 +478,8 @@ def plot_comparison(run_dirs: dict[str, str | os.PathLike], out_path: str | os.P
                                   markeredgecolor="black"))
         labels.append(st["label"])
     _legend(ax, handles, labels)
+    spans = [r.span() for r in runs.values()]
+    _finish(ax, (min(a for a, _ in spans), max(b for _, b in spans)), seen)
     ax.set_ylabel("training loss (nats/token)")
     ax.set_title("Training loss: " + " vs ".join(runs), fontsize=10)
     return _save(fig, out_path)
