@@ -27,5 +27,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# The peers (lm-eval-harness, zclip) go into the same .venv; each benchmark prints ratios.
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) benchmarks/perplexity_vs_lmeval.py --repeats 3 --out benchmarks/out/perplexity_vs_lmeval.json
+	$(PY) benchmarks/train_overhead.py --out benchmarks/out/train_overhead.json
+	$(PY) benchmarks/clip_overhead.py --out benchmarks/out/clip_overhead.json
+
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info .pytest_cache

@@ -135,7 +135,7 @@ def test_cli_json(nano_model_dir, tmp_path):
         assert k in d
     assert d["window"] == 64 and d["stride"] == 16 and d["documents"] == 2
     sig = d["signature"]
-    assert sig.startswith("steadylm:") and "|model:" in sig and "|tok:" in sig and "|window:64|stride:16|dtype:float32" in sig
+    assert sig.startswith("steadylm:") and "|model:" in sig and "|tok:" in sig and "|special:no|window:64|stride:16|dtype:float32" in sig
 
 
 def test_cli_errors(nano_model_dir, tmp_path):

@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="compute dtype (default: float32)")
     ppl.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ppl.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
+    ppl.add_argument("--add-special-tokens", action="store_true",
+                     help="encode documents with the tokenizer's special tokens, as lm-eval-harness >= 0.4.10 does "
+                          "(differs only for tokenizers that add BOS/EOS themselves)")
     ppl.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     pl = sub.add_parser("plot", help="write PNGs of a run's loss, grad norm with threshold, learning rate and incidents")
@@ -216,7 +219,8 @@ def _cmd_eval_perplexity(args: argparse.Namespace) -> int:
     from .evaluate.perplexity import evaluate_perplexity
 
     res = evaluate_perplexity(args.model, args.data, window=args.window, stride=args.stride, batch_size=args.batch_size,
-                              dtype=args.dtype, trust_remote_code=args.trust_remote_code, progress=not args.json)
+                              dtype=args.dtype, trust_remote_code=args.trust_remote_code, progress=not args.json,
+                              add_special_tokens=args.add_special_tokens)
     d = res.to_dict()
     if args.json:
         print(json.dumps(d, ensure_ascii=False))

@@ -50,11 +50,11 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
         raise ModelError(f"{path}: cannot load a tokenizer ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
 
 
-def encode_documents(tokenizer, docs: list[str]) -> list[list[int]]:
-    """Token ids of each document, without special tokens, batched through the Rust backend."""
+def encode_documents(tokenizer, docs: list[str], *, add_special_tokens: bool = False) -> list[list[int]]:
+    """Token ids of each document (by default without special tokens), batched through the Rust backend."""
     if not docs:
         return []
-    return tokenizer(docs, add_special_tokens=False)["input_ids"]
+    return tokenizer(docs, add_special_tokens=add_special_tokens)["input_ids"]
 
 
 def separator_id(tokenizer) -> int | None:

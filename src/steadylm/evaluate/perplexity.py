@@ -3,7 +3,7 @@
 Windows (reference: ``lm_eval/utils.py`` ``get_rolling_token_windows`` and
 ``make_disjoint_window``, as used by ``HFLM.loglikelihood_rolling``):
 
-* a document's tokens (encoded without special tokens) are cut into disjoint *prediction*
+* a document's tokens are cut into disjoint *prediction*
   windows; the first predicts its first ``min(W, n)`` tokens from ``[prefix] + tokens[:W-1]``,
   where the prefix is BOS, else EOS;
 * each later window predicts the next ``S`` tokens (``S`` = stride, default ``W``) from the ``W``
@@ -13,14 +13,19 @@ Windows (reference: ``lm_eval/utils.py`` ``get_rolling_token_windows`` and
   exactly lm-eval's ``context_len=1``; with ``S < W`` every token is still scored exactly once,
   with up to ``W`` tokens of context (a sliding window).
 
+Encoding: by default without special tokens, as lm-eval-harness up to 0.4.9 did. Since 0.4.10 it
+encodes with the tokenizer's defaults, which for tokenizers that add BOS themselves (Llama's)
+scores that BOS as a document token; ``add_special_tokens=True`` (``--add-special-tokens``)
+reproduces that. For tokenizers that add nothing (steadylm's own, GPT-2's) both are the same.
+
 Metrics, all corpus-level (sums over documents, then divide), lm-eval's definitions:
 ``token_perplexity = exp(-sum LL / tokens)``, ``word_perplexity = exp(-sum LL / words)`` with
 ``words = len(re.split(r"\\s+", doc))``, ``byte_perplexity = exp(-sum LL / bytes)`` with UTF-8
 bytes, ``bits_per_byte = -sum LL / bytes / ln 2``.
 
 Batching: windows from all documents are sorted by length (longest first) and cut into batches
-of ``batch_size``; all but the last batch of each length are full, and rows are right-padded
-only to the longest window in their batch. Right padding needs no attention mask with a causal
+of ``batch_size``, so batches are full and rows are right-padded only to the longest window in
+their batch (most windows are full-length, so almost no batch pads at all). Right padding needs no attention mask with a causal
 model, as the padded positions come after every scored one. Log-softmax is taken one row at a
 time, so memory is bounded by the batch, not the corpus.
 """
@@ -86,13 +91,14 @@ class PerplexityResult:
 def _signature(settings: dict) -> str:
     from .. import __version__
 
-    order = ["model", "tok", "window", "stride", "dtype"]
+    order = ["model", "tok", "special", "window", "stride", "dtype"]
     parts = [f"steadylm:{__version__}"] + [f"{k}:{settings[k]}" for k in order if k in settings]
     return "|".join(parts)
 
 
 def compute_perplexity(model, tokenizer, documents: list[str], *, window: int, stride: int | None = None,
-                       batch_size: int = 8, progress: bool = True, settings: dict | None = None) -> PerplexityResult:
+                       batch_size: int = 8, progress: bool = True, settings: dict | None = None,
+                       add_special_tokens: bool = False) -> PerplexityResult:
     """Score ``documents`` with ``model`` (in memory) and return corpus-level perplexities."""
     import torch
     import torch.nn.functional as F
@@ -111,7 +117,7 @@ def compute_perplexity(model, tokenizer, documents: list[str], *, window: int, s
     if prefix is None:
         raise ModelError("the tokenizer has neither a BOS nor an EOS token to start a document with")
 
-    token_lists = encode_documents(tokenizer, documents)
+    token_lists = encode_documents(tokenizer, documents, add_special_tokens=add_special_tokens)
     windows = [w for toks in token_lists for w in rolling_windows(toks, prefix, window, stride)]
     # Longest first: batches of equal-length windows need no padding at all.
     windows.sort(key=lambda w: len(w[0]), reverse=True)
@@ -166,7 +172,7 @@ def compute_perplexity(model, tokenizer, documents: list[str], *, window: int, s
 
 def evaluate_perplexity(model_path: str, source: str, *, window: int | None = None, stride: int | None = None,
                         batch_size: int = 8, dtype: str = "float32", trust_remote_code: bool = False,
-                        progress: bool = True) -> PerplexityResult:
+                        progress: bool = True, add_special_tokens: bool = False) -> PerplexityResult:
     """`compute_perplexity` for a model folder and a data source, with the full signature."""
     from ..data.sources import load_documents
     from ..data.tokenizer import load_tokenizer, tokenizer_signature
@@ -187,6 +193,8 @@ def evaluate_perplexity(model_path: str, source: str, *, window: int | None = No
     if stride is not None and stride > window:
         raise ConfigError(f"--stride {stride} is larger than --window {window}")
     tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
-    settings = {"model": model_hash(model_path), "tok": tokenizer_signature(tokenizer), "dtype": dtype, "data": corpus.name}
+    settings = {"model": model_hash(model_path), "tok": tokenizer_signature(tokenizer), "dtype": dtype, "data": corpus.name,
+                "special": "yes" if add_special_tokens else "no"}
     return compute_perplexity(model, tokenizer, corpus.documents, window=window, stride=stride,
-                              batch_size=batch_size, progress=progress, settings=settings)
+                              batch_size=batch_size, progress=progress, settings=settings,
+                              add_special_tokens=add_special_tokens)
