@@ -7,7 +7,7 @@ with 2 CPU processes (gloo), each rank on its half of the same global batch::
     torchrun --nproc_per_node 2 tests/_dist_script.py --mode fsdp --out DIR
 
 For every clipper it writes ``DIR/<clipper>.json`` (per-step loss, norm, threshold, clipped) and
-``DIR/<clipper>.pt`` (final full weights), from rank 0.
+``DIR/<clipper>.pt`` (final full weights), from rank 0, or ``DIR/<clipper>.error`` if it raised.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 VOCAB, CONTEXT, GLOBAL_BATCH, STEPS = 300, 16, 4, 6
-CLIPPERS = ("zclip", "norm", "agc")
+CLIPPERS = ("norm", "zclip", "agc")
+RUNS = CLIPPERS + ("norm_accum",)  # norm_accum: NormClip, each rank's half in 2 accumulated micro-batches
 
 
 def make_clipper(name: str):
@@ -38,8 +39,9 @@ def global_batch(step: int) -> torch.Tensor:
     return torch.randint(0, VOCAB, (GLOBAL_BATCH, CONTEXT), generator=g)  # (B, T)
 
 
-def train(clipper: str, *, mode: str = "single", accelerator=None, steps: int = STEPS) -> tuple[list[dict], dict]:
-    """(per-step reports, full final weights) for one clipper; ``mode`` single, ddp or fsdp."""
+def train(run: str, *, mode: str = "single", accelerator=None, steps: int = STEPS) -> tuple[list[dict], dict]:
+    """(per-step reports, full final weights) for one of `RUNS`; ``mode`` single, ddp or fsdp."""
+    clipper, accum = (run, 1) if run in CLIPPERS else ("norm", 2)
     from steadylm.models import build_model
     from steadylm.train.spikes import SpikeGuard
     from steadylm.train.stabilizer import Stabilizer
@@ -61,13 +63,17 @@ def train(clipper: str, *, mode: str = "single", accelerator=None, steps: int = 
     if mode == "ddp":
         model, optimizer = accelerator.prepare(model, optimizer)
         rank, world = accelerator.process_index, accelerator.num_processes
-    stab = Stabilizer(model, optimizer, clipper=make_clipper(clipper), guard=SpikeGuard("skip"), accelerator=accelerator)
+    stab = Stabilizer(model, optimizer, clipper=make_clipper(clipper), guard=SpikeGuard("skip"),
+                      accelerator=accelerator, accum_steps=accum)
     per = GLOBAL_BATCH // world
     reports = []
     for step in range(steps):
         x = global_batch(step)[rank * per:(rank + 1) * per]  # this rank's half (all of it in one process)
-        loss = model(input_ids=x, labels=x).loss
-        reports.append(stab.step(loss).as_dict())
+        for micro in x.chunk(accum):
+            with stab.accumulate():  # DDP: no all-reduce on the first micro-batch
+                loss = model(input_ids=micro, labels=micro).loss
+            report = stab.step(loss)
+        reports.append(report.as_dict())
     if mode == "fsdp":
         weights = {k: v.full_tensor() for k, v in model.state_dict().items()}  # collective: every rank
     elif mode == "ddp":
@@ -81,7 +87,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", choices=("single", "ddp", "fsdp"), required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--clippers", default=",".join(CLIPPERS))
+    ap.add_argument("--runs", default=",".join(RUNS))
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
@@ -100,8 +106,13 @@ def main() -> None:
         rank = 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in args.clippers.split(","):
-        reports, weights = train(name, mode=args.mode, accelerator=accelerator)
+    for name in args.runs.split(","):
+        try:
+            reports, weights = train(name, mode=args.mode, accelerator=accelerator)
+        except Exception as e:  # every rank fails the same way; record it and go on with the next clipper
+            if rank == 0:
+                (out / f"{name}.error").write_text(f"{type(e).__name__}: {e}")
+            continue
         if rank == 0:
             (out / f"{name}.json").write_text(json.dumps({"reports": reports, "world": int(os.environ.get("WORLD_SIZE", 1))}))
             torch.save(weights, out / f"{name}.pt")

@@ -95,11 +95,16 @@ def _grads(parameters) -> list[torch.Tensor]:
     return out
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor (FSDP2 shards) as the full tensor - one all-reduce; any other tensor as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def total_norm(params: list[torch.Tensor]) -> torch.Tensor:
     """Global L2 norm of the gradients of ``params`` (the norm ``clip_grad_norm_`` computes)."""
     if not params:
         return torch.zeros(())
-    return torch.nn.utils.get_total_norm([p.grad for p in params], norm_type=2.0, foreach=None)
+    return _full(torch.nn.utils.get_total_norm([p.grad for p in params], norm_type=2.0, foreach=None))
 
 
 def _false(device) -> torch.Tensor:
@@ -150,7 +155,7 @@ class NormClip(_Stateless):
 
     def clip_(self, parameters) -> ClipStats:
         params = _grads(parameters)
-        norm = torch.nn.utils.clip_grad_norm_(params, self.max_norm) if params else torch.zeros(())
+        norm = _full(torch.nn.utils.clip_grad_norm_(params, self.max_norm)) if params else torch.zeros(())
         post = norm * _torch_clip_coef(norm, self.max_norm)
         return ClipStats(norm=norm, threshold=self.max_norm, clipped=norm > self.max_norm, post_norm=post)
 
@@ -169,7 +174,7 @@ class ValueClip(_Stateless):
         if not params:
             return ClipStats(norm=norm, threshold=self.clip_value, clipped=_false(norm.device))
         grads = [p.grad for p in params]
-        max_abs = torch.stack([g.detach().abs().amax() for g in grads]).amax()
+        max_abs = _full(torch.stack([g.detach().abs().amax() for g in grads]).amax())
         torch.nn.utils.clip_grad_value_(params, self.clip_value)
         return ClipStats(norm=norm, threshold=self.clip_value, clipped=max_abs > self.clip_value)
 
@@ -460,13 +465,13 @@ def _zclip_norms(params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
     first = params[0]
     if any(g.device != first.grad.device or g.dtype != first.dtype for g in grads):
         # Mixed devices or dtypes: torch groups them, the reference casts; compute both ways.
-        ref = torch.stack([g.to(first.dtype).norm(2).to(first.device) for g in grads])
+        ref = torch.stack([_full(g.to(first.dtype).norm(2)).to(first.device) for g in grads])
         return total_norm(params), torch.sqrt(torch.sum(torch.pow(ref, 2)))
     if first.grad.device.type in ("cpu", "cuda"):
         per = torch._foreach_norm(grads)  # what get_total_norm does for one (device, dtype) group
     else:
         per = [torch.linalg.vector_norm(g) for g in grads]
-    stacked = torch.stack(per)  # (P,)
+    stacked = _full(torch.stack(per))  # (P,)
     return torch.linalg.vector_norm(stacked), torch.sqrt(torch.sum(torch.pow(stacked, 2)))
 
 
@@ -550,13 +555,13 @@ class AGC:
         post_sq, changed = [], []
         for p in clip:
             g = p.grad.detach()
-            max_norm = unitwise_norm(p.detach()).clamp_(min=self.eps).mul_(self.clipping)
+            max_norm = unitwise_norm(p.detach()).clamp(min=self.eps).mul(self.clipping)
             grad_norm = unitwise_norm(g)
             keep = grad_norm < max_norm
             factor = torch.where(keep, 1.0, max_norm / grad_norm.clamp(min=1e-6))
             g.mul_(factor)
-            post_sq.append((grad_norm * factor).float().square().sum().to(device))
-            changed.append((~keep).any().to(device))
+            post_sq.append(_full((grad_norm * factor).float().square().sum()).to(device))
+            changed.append(_full((~keep).any()).to(device))
         clipped_ids = {id(p) for p in clip}
         kept = [p for p in every if id(p) not in clipped_ids]
         if kept:

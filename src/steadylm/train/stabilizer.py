@@ -23,11 +23,17 @@ zero_grad -> scheduler.step()``. The numbers are the same as writing those lines
 * Host-device sync: one per optimizer step. The guard must decide on the host whether to call
   ``optimizer.step()``, so the loss and the pre-clip norm are copied together, in one transfer
   (the clippers themselves never sync). Micro-batches of a gradient accumulation do not sync.
-* Distributed (DDP through ``accelerate`` or ``torch.nn.parallel``): gradients are averaged across
-  ranks during ``backward``, so every rank clips the same global gradient and keeps identical clipper
-  state. The loss is local to a rank, so it is averaged across ranks (one tiny ``all_reduce``) before
-  the guard judges it: every rank then takes the same skip decision. FSDP2 (``fully_shard``, DTensor
-  gradients): see ``docs`` of `steadylm.train.hf` and the distributed tests for what the clippers do.
+* Distributed, DDP (``accelerate`` or ``torch.nn.parallel``): gradients are averaged across ranks
+  during ``backward``, so every rank clips the same global gradient (the norm a single process
+  would see) and keeps identical clipper state. The loss is local to a rank, so it is averaged
+  across ranks (one tiny ``all_reduce``) before the guard judges it: every rank then takes the same
+  skip decision. Tested: 2 gloo ranks on halves of a batch give one process's norms, thresholds
+  and weights (ZClip, NormClip, AGC; ``tests/test_distributed.py``).
+* FSDP2 (``fully_shard``): gradients are DTensor shards. ``torch.nn.utils.get_total_norm`` reduces
+  the norm across shards, and every clipper turns its statistics into full values
+  (``full_tensor()``, one all-reduce each), so all of them give one process's numbers (tested on
+  CPU with gloo). AGC's unit-wise norms are rows of the weight, which FSDP2 shards by rows
+  (dim 0), so they are local except for 1-D parameters.
 
 Gradient accumulation: ``Stabilizer(..., accum_steps=N)``; call ``step(loss)`` once per micro-batch
 with the micro-batch's mean loss. It backpropagates ``loss / N`` and updates on every N-th call
@@ -37,7 +43,8 @@ with the micro-batch's mean loss. It backpropagates ``loss / N`` and updates on 
 
 Why not ``accelerate``'s own ``clip_grad_norm_``/``accumulate``: they clip to a fixed norm and have
 no notion of skipping a step; `Stabilizer` works with or without an ``Accelerator``
-(pass ``accelerator=`` to route ``backward`` through it, for mixed precision and DeepSpeed).
+(pass ``accelerator=`` to route ``backward`` through it, for mixed precision; DeepSpeed, which
+steps and clips inside its engine, is not supported).
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ConfigError
-from .clip import NoClip
+from .clip import NormClip
 from .spikes import GuardStop, Incident
 
 
@@ -94,6 +101,15 @@ def _plain(value):
     return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
+def host_values(loss: torch.Tensor, stats) -> tuple[float, float, float, bool]:
+    """(loss, pre-clip norm, threshold, clipped) on the host, in one device-to-host copy."""
+    norm = _plain(stats.norm).detach()
+    values = torch.stack([loss.detach().to(norm.device, torch.float64), norm.double(),
+                          torch.as_tensor(_plain(stats.threshold), dtype=torch.float64, device=norm.device),
+                          torch.as_tensor(_plain(stats.clipped), dtype=torch.float64, device=norm.device)]).tolist()
+    return values[0], values[1], values[2], bool(values[3])
+
+
 def _world() -> int:
     import torch.distributed as dist
 
@@ -116,7 +132,8 @@ class Stabilizer:
 
     ``model`` is the module whose parameters are clipped (a DDP-wrapped one is fine); ``optimizer``
     any ``torch.optim.Optimizer`` (or ``accelerate``'s wrapper); ``clipper`` any steadylm clipper
-    (default `NoClip`: measure the norm, change nothing); ``guard`` a `SpikeGuard` with action
+    (default ``NormClip(1.0)``, as ``steadylm train`` and ``transformers.Trainer``; ``NoClip()`` only
+    measures); ``guard`` a `SpikeGuard` with action
     ``"skip"`` or ``"off"`` (default none: never skip); ``scheduler`` an lr scheduler stepped after
     every optimizer step; ``accum_steps`` micro-batches per optimizer step; ``accelerator`` an
     ``accelerate.Accelerator`` whose ``backward`` to use.
@@ -131,9 +148,14 @@ class Stabilizer:
             )
         if isinstance(accum_steps, bool) or int(accum_steps) != accum_steps or accum_steps < 1:
             raise ConfigError(f"accum_steps must be a positive integer, got {accum_steps}")
+        if accelerator is not None and getattr(accelerator, "gradient_accumulation_steps", 1) > 1:
+            raise ConfigError(
+                "Accelerator(gradient_accumulation_steps>1) would scale the loss and gate optimizer.step() a second "
+                "time; leave it at 1 and pass accum_steps to the Stabilizer"
+            )
         self.model = model
         self.optimizer = optimizer
-        self.clipper = clipper if clipper is not None else NoClip()
+        self.clipper = clipper if clipper is not None else NormClip(1.0)
         self.guard = guard
         self.scheduler = scheduler
         self.accum_steps = int(accum_steps)
@@ -189,12 +211,7 @@ class Stabilizer:
         params = self._named_parameters()
         stats = self.clipper.clip_(params)
         self.steps += 1
-        # The single host sync of the step: loss, norm, threshold and flag in one copy.
-        norm = _plain(stats.norm).detach()
-        host = torch.stack([loss_mean.to(norm.device, torch.float64), norm.double(),
-                            torch.as_tensor(_plain(stats.threshold), dtype=torch.float64, device=norm.device),
-                            torch.as_tensor(_plain(stats.clipped), dtype=torch.float64, device=norm.device)]).tolist()
-        loss_val, norm_val, threshold, clipped = host
+        loss_val, norm_val, threshold, clipped = host_values(loss_mean, stats)
         incidents = self.guard.check(self.steps, loss_val, norm_val) if self.guard is not None else []
         skip = bool(incidents) and self.guard.action == "skip"
         lr = opt.param_groups[0].get("lr") if getattr(opt, "param_groups", None) else None
@@ -207,7 +224,7 @@ class Stabilizer:
             self.scheduler.step()
         self.incidents.extend(incidents)
         report = StepReport(step=self.steps, loss=loss_val, grad_norm=norm_val, threshold=threshold,
-                            clipped=bool(clipped), skipped=skip, lr=lr, incidents=incidents)
+                            clipped=clipped, skipped=skip, lr=lr, incidents=incidents)
         if self.guard is not None and self.guard.over_limit():
             last = incidents[-1]
             raise GuardStop(f"stopped at step {self.steps}: {self.guard.consecutive} incidents in a row "
