@@ -92,6 +92,28 @@ def _load() -> tuple[float, float, float]:
         return (float("nan"),) * 3
 
 
+def _cpu_snapshot() -> tuple[float, float, float] | None:
+    """(busy CPU seconds of the whole machine, this process's CPU seconds, wall) - Linux only."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is already in user
+    t = os.times()
+    return busy, t.user + t.system, time.monotonic()
+
+
+def _other_cpu(a, b) -> dict | None:
+    """CPU time other processes used between two snapshots: how quiet the machine really was."""
+    if a is None or b is None:
+        return None
+    wall = b[2] - a[2]
+    other = max(0.0, (b[0] - a[0]) - (b[1] - a[1]))
+    return {"wall_s": wall, "own_cpu_s": b[1] - a[1], "other_cpu_s": other, "other_cores_avg": other / wall if wall > 0 else None}
+
+
 def _wait_quiet(max_wait: float, threshold: float) -> float:
     """Wait until the 1-minute load is below ``threshold`` (at most ``max_wait`` s); return the load."""
     t0 = time.monotonic()
@@ -306,6 +328,7 @@ def run_benchmark(args) -> dict:
             return {"last_loss": last_loss, "seconds": seconds}
 
     load_before = _load()
+    cpu_before = _cpu_snapshot()
     loop.lr_at = lr_at_hook
     progress_mod.make_progress = make_progress_hook
     try:
@@ -315,6 +338,7 @@ def run_benchmark(args) -> dict:
         loop.lr_at = real_lr_at
         progress_mod.make_progress = real_make_progress
     load_after = _load()
+    contention = _other_cpu(cpu_before, _cpu_snapshot())
 
     bare: BareLoop = state["bare"]
     s_times = [e - s for s, e in zip(state["starts"], state["ends"])]
@@ -372,7 +396,8 @@ def run_benchmark(args) -> dict:
             "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpus": os.cpu_count(), "machine": platform.machine(), "platform": platform.platform(),
             "load_before": load_before, "load_after": load_after,
-            "quiet": load_before[0] < QUIET_LOAD,
+            "other_processes_cpu": contention,
+            "quiet": load_before[0] < QUIET_LOAD and (contention is None or contention["other_cores_avg"] < 0.1),
         },
         "steadylm": {
             **_stats(s_meas), "tokens_per_s_median": tokens_per_step / s_med,
@@ -527,6 +552,10 @@ def report(res: dict) -> None:
           f"(1 min) / {e['load_before'][1]:.2f} (5 min); progress bar {'on' if c['progress_bar'] else 'off'}; "
           f"checkpoint every {c['checkpoint_every']}")
     print(f"steadylm settings: clip {c['clip']}, guard {c['guard']}, z-loss {c['z_loss']}, ema {c['ema']}, monitor every {c['monitor_every']}")
+    oc = e["other_processes_cpu"]
+    if oc:
+        print(f"other processes used {oc['other_cpu_s']:.1f} CPU-s during the {oc['wall_s']:.0f} s of training "
+              f"({oc['other_cores_avg']:.2f} cores on average; this process {oc['own_cpu_s']:.0f} CPU-s)")
     print(f"{c['warmup_steps']} warm-up steps each (excluded), then {c['rounds']} rounds x {c['steps_per_block']} steps each, "
           f"interleaved ABBA\n")
     hdr = f"{'loop':<10} {'steps':>5} {'median ms':>10} {'mean ms':>9} {'min ms':>8} {'max ms':>8} {'tok/s (median)':>15} {'tok/s (amort.)':>15}"
@@ -567,8 +596,8 @@ def report(res: dict) -> None:
     verdict = "MET" if res["target_met"] else "MISSED"
     print(f"target >= {TARGET:.2f}x: {verdict} (median){'' if res['target_met_amortised'] else '; missed when checkpoints are amortised'}")
     if not e["quiet"]:
-        print(f"WARNING: 1-minute load average was {e['load_before'][0]:.2f} (>= {QUIET_LOAD}) when the measurement started; "
-              f"another process competed for the CPUs. Re-run on a quiet machine before trusting these numbers.")
+        print(f"WARNING: the machine was busy (1-minute load {e['load_before'][0]:.2f} at the start, limit {QUIET_LOAD}; other "
+              f"processes' CPU use is shown above, limit 0.1 cores): re-run on a quiet machine before trusting these numbers.")
 
 
 def main(argv=None) -> int:

@@ -49,6 +49,21 @@ def bad_files(tmp_path_factory):
         (["--checkpoint-every", "0"], "--checkpoint-every must be positive"),
         (["--preset", "huge"], "unknown preset 'huge'"),
         (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+        (["--clip", "zlip"], "unknown --clip 'zlip'"),
+        (["--clip", "autoclip", "--percentile", "0"], "--percentile must be in (0, 100]"),
+        (["--clip", "autoclip", "--percentile", "101"], "--percentile must be in (0, 100]"),
+        (["--clip", "zclip", "--alpha", "1.5"], "--alpha must be in (0, 1)"),
+        (["--clip", "zclip", "--alpha", "0"], "--alpha must be in (0, 1)"),
+        (["--clip", "zclip", "--z-thresh", "0"], "--z-thresh must be positive"),
+        (["--clip", "zclip", "--zclip-mode", "median"], "unknown --zclip-mode"),
+        (["--clip", "agc", "--agc-clipping", "-0.1"], "--agc-clipping must be positive"),
+        (["--guard", "sometimes"], "unknown --guard 'sometimes'"),
+        (["--guard-sigma", "0"], "--guard-sigma must be positive"),
+        (["--inject", "nan@x"], "--inject 'nan@x' does not parse"),
+        (["--inject", "spike@3"], "does not parse"),
+        (["--inject", "spike@3:-2"], "does not parse"),
+        (["--z-loss", "-1"], "--z-loss must be zero or more"),
+        (["--ema", "1.0"], "--ema must be in [0, 1)"),
     ],
 )
 def test_bad_train_flags(tmp_path, args, fragment):
@@ -87,10 +102,12 @@ def test_config_file_and_flag_precedence(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('steps = 2\nseed = 5\n[data]\nsource = "builtin:pydoc"\ncontext = 32\nvocab_size = 400\n'
                    '[model]\npreset = "nano"\n[optim]\nbatch_size = 4\nlr = 0.01\n', encoding="utf-8")
-    r = run_cli("train", "--config", str(cfg), "--lr", "0.002", "--out", str(tmp_path / "run"), "--json")
+    r = run_cli("train", "--config", str(cfg), "--lr", "1.0", "--lr", "0.002", "--out", str(tmp_path / "run"), "--json",
+                "--no-plots", "--inject", "nan@1", "--inject", "spike@2:10")
     assert r.returncode == 0, r.stderr
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["seed"] == 5 and saved["steps"] == 2 and saved["optim"]["lr"] == 0.002
+    assert saved["seed"] == 5 and saved["steps"] == 2 and saved["optim"]["lr"] == 0.002  # the later flag wins
+    assert saved["guard"]["inject"] == ["nan@1", "spike@2:10"]  # --inject accumulates
 
 
 def test_train_needs_out_and_model_must_be_a_model(tmp_path):
