@@ -61,7 +61,7 @@ def bad_files(tmp_path_factory):
         (["--guard-sigma", "0"], "--guard-sigma must be positive"),
         (["--inject", "nan@x"], "--inject 'nan@x' does not parse"),
         (["--inject", "spike@3"], "does not parse"),
-        (["--inject", "spike@3:-2"], "does not parse"),
+        (["--inject", "spike@3:-2"], "FACTOR must be a positive finite number"),
         (["--z-loss", "-1"], "--z-loss must be zero or more"),
         (["--ema", "1.0"], "--ema must be in [0, 1)"),
     ],
