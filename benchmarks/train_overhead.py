@@ -247,6 +247,18 @@ class BareLoop:
 
 # ----------------------------------------------------------------------------- the benchmark
 def run_benchmark(args) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="steadylm-train-overhead-", dir=args.workdir))
+    try:
+        result = _run_benchmark(args, work)
+    finally:
+        if not args.keep_run:
+            shutil.rmtree(work, ignore_errors=True)
+    if args.keep_run:
+        result["run_dir"] = str(work / "run")
+    return result
+
+
+def _run_benchmark(args, work: Path) -> dict:
     import torch
 
     import steadylm.progress as progress_mod
@@ -261,7 +273,6 @@ def run_benchmark(args) -> dict:
 
     W, N, R = args.warmup, args.steps, args.rounds
     total = W + N * R
-    work = Path(tempfile.mkdtemp(prefix="steadylm-train-overhead-", dir=args.workdir))
     cfg = TrainConfig(
         out=str(work / "run"), steps=total, seed=0, threads=args.threads,
         data=DataConfig(source=args.data, context=args.context, vocab_size=args.vocab_size),
@@ -459,10 +470,6 @@ def run_benchmark(args) -> dict:
             result["components"] = components(run, bare, cfg, work, last_record)
         finally:
             hf_logging.enable_progress_bar()
-    if not args.keep_run:
-        shutil.rmtree(work, ignore_errors=True)
-    else:
-        result["run_dir"] = str(work / "run")
     return result
 
 
