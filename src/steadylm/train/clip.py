@@ -61,7 +61,6 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 

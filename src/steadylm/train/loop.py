@@ -25,7 +25,7 @@ from typing import Any
 
 from .. import __version__
 from ..config import TrainConfig
-from ..errors import CheckpointError, ConfigError, SteadyError
+from ..errors import CheckpointError, ConfigError
 from ..fsutil import write_json_atomic
 
 
@@ -482,4 +482,4 @@ def resume(run_dir: str | os.PathLike) -> dict[str, Any]:
     return TrainingRun.resume(run_dir).run()
 
 
-__all__ = ["TrainingRun", "lr_at", "resume", "train", "SteadyError"]
+__all__ = ["TrainingRun", "lr_at", "resume", "train"]
