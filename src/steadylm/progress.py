@@ -27,5 +27,6 @@ def make_progress(transient: bool = False):
         TimeRemainingColumn(),
         console=Console(stderr=True),
         transient=transient,
+        refresh_per_second=2,  # a 10 Hz redraw costs ~3% of a core on a 2-core machine (benchmarks/train_overhead.py)
         disable=not progress_enabled(),
     )
