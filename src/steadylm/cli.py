@@ -150,9 +150,52 @@ def build_parser() -> argparse.ArgumentParser:
                           "(differs only for tokenizers that add BOS/EOS themselves)")
     ppl.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
+    gen = evsub.add_parser("generation", help="consistency, contradiction, repetition, relevance, BLEU/chrF/TER and "
+                                             "determinism of generated answers")
+    gen.add_argument("--model", required=True, help="a local HF causal-LM folder, or openai:http://HOST:PORT/v1#MODEL_NAME")
+    gen.add_argument("--prompts", default="builtin", help="a JSONL prompt file, or 'builtin' (held-out built-in corpus; default)")
+    gen.add_argument("--builtin-prompts", type=int, default=32, help="how many prompts 'builtin' draws (default: 32)")
+    gen.add_argument("--samples", type=int, default=4, help="K samples per prompt and seed (default: 4; 1 gives reference metrics only)")
+    gen.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: 1.0)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default: 1.0 = off)")
+    gen.add_argument("--top-k", type=int, default=0, help="top-k sampling (default: 0 = off)")
+    gen.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per sample (default: 64)")
+    gen.add_argument("--out", default=None, help="results folder (default: runs/eval-generation); the same --out resumes")
+    gen.add_argument("--json", action="store_true", help="print results.json's summary as one JSON object on stdout")
+    gen.add_argument("--nli-model", default=None, help="a local NLI sequence-classification folder: measures contradiction")
+    gen.add_argument("--batch-size", type=int, default=64, help="local models: rows per generate call (default: 64)")
+    gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="local models (default: float32)")
+    gen.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    gen.add_argument("--truncate-left", action="store_true", help="cut prompts longer than the context from the left instead of refusing")
+    gen.add_argument("--concurrency", type=int, default=8, help="endpoint: requests in flight (default: 8)")
+    gen.add_argument("--api-key-env", default="OPENAI_API_KEY", help="endpoint: environment variable holding the key (default: OPENAI_API_KEY; local servers need none)")
+    gen.add_argument("--timeout", type=float, default=60.0, help="endpoint: seconds per request before retrying (default: 60)")
+    gen.add_argument("--max-retries", type=int, default=6, help="endpoint: retries on 429/5xx/timeouts/garbage (default: 6)")
+    gen.add_argument("--no-determinism", action="store_true", help="skip the determinism and batch-invariance checks")
+    gen.add_argument("--no-environments", action="store_true", help="skip float32-vs-bfloat16 and thread-count checks")
+    gen.add_argument("--determinism-prompts", type=int, default=8, help="prompts the determinism checks use (default: 8)")
+    gen.add_argument("--determinism-runs", type=int, default=5, help="repeated greedy runs per prompt (default: 5)")
+    gen.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for confidence intervals (default: 1000)")
+    gen.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
+
+    cmp_ = sub.add_parser("compare", help="line up two eval-generation runs (e.g. two machines): outputs and metrics")
+    cmp_.add_argument("run_a", metavar="RESULTS_A", help="a folder written by steadylm eval generation")
+    cmp_.add_argument("run_b", metavar="RESULTS_B", help="another one")
+    cmp_.add_argument("--json", action="store_true", help="print the comparison as one JSON object")
+
     pl = sub.add_parser("plot", help="write PNGs of a run's loss, grad norm with threshold, learning rate and incidents")
     pl.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by steadylm train")
     pl.add_argument("-o", "--out", default=None, help="folder for the PNGs (default: RUN_DIR/plots)")
+
+    pt = sub.add_parser("perturb", help="apply seeded text perturbations (typos, OCR noise, synonyms ...) to each line of a file")
+    pt.add_argument("file", metavar="FILE", nargs="?", default=None, help="UTF-8 text, one prompt a line; - reads stdin")
+    pt.add_argument("--kind", action="append", default=None, metavar="NAME[,NAME...]",
+                    help="perturbations to apply, in order (see --list)")
+    pt.add_argument("--rate", type=float, default=None,
+                    help="probability per eligible character/word, in [0, 1] (default: each kind's own, see --list)")
+    pt.add_argument("--seed", type=int, default=0, help="seed (default: 0); line i is perturbed as text index i")
+    pt.add_argument("--list", action="store_true", help="list the perturbations with their default rates and descriptions")
 
     sub.add_parser("presets", help="list the model presets")
     return p
@@ -230,6 +273,66 @@ def _cmd_eval_perplexity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise SteadyError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise SteadyError("--seeds needs at least one seed")
+    return seeds
+
+
+def _cmd_eval_generation(args: argparse.Namespace) -> int:
+    from .evaluate.backends import DecodingSettings, open_backend
+    from .evaluate.generation import GenerationEval, GenerationEvalConfig
+    from .evaluate.prompts import load_prompts
+    from .evaluate.summary import print_generation_summary
+
+    if args.threads is not None and args.threads < 1:
+        raise SteadyError(f"--threads must be positive, got {args.threads}")
+    cfg = GenerationEvalConfig(
+        prompts=args.prompts, samples=args.samples, seeds=_parse_seeds(args.seeds), n_builtin=args.builtin_prompts,
+        decoding=DecodingSettings(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                                  max_new_tokens=args.max_new_tokens),
+        nli_model=args.nli_model, determinism=not args.no_determinism, environments=not args.no_environments,
+        determinism_prompts=args.determinism_prompts, determinism_runs=args.determinism_runs, bootstrap=args.bootstrap)
+    items = load_prompts(args.prompts, n_builtin=args.builtin_prompts)
+    if args.model.startswith("openai:"):
+        backend = open_backend(args.model, api_key_env=args.api_key_env, concurrency=args.concurrency,
+                               timeout=args.timeout, max_retries=args.max_retries)
+    else:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        backend = open_backend(args.model, dtype=args.dtype, batch_size=args.batch_size, threads=args.threads,
+                               trust_remote_code=args.trust_remote_code, truncate_left=args.truncate_left)
+    ev = GenerationEval(backend, items, cfg, args.out or "runs/eval-generation", progress=not args.json)
+    try:
+        results = ev.run()
+    finally:
+        ev.close()
+        backend.close()
+    if args.json:
+        print(json.dumps({k: v for k, v in results.items() if k != "per_prompt"}, ensure_ascii=False))
+    else:
+        print_generation_summary(results, ev.out)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .evaluate.compare import compare_runs
+    from .evaluate.summary import print_comparison
+
+    res = compare_runs(args.run_a, args.run_b)
+    if args.json:
+        print(json.dumps(res, ensure_ascii=False))
+    else:
+        print_comparison(res)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -245,6 +348,49 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_perturb(args: argparse.Namespace) -> int:
+    from .evaluate.perturb import PERTURBATIONS, check_rate, compose
+
+    if args.list:
+        for name, p in PERTURBATIONS.items():
+            print(f"{name:12s} {p.default_rate:<5g} per {p.unit:9s} {p.description}")
+        return 0
+    if not args.kind:
+        raise SteadyError("perturb needs --kind NAME[,NAME...] (see steadylm perturb --list)")
+    if args.file is None:
+        raise SteadyError("perturb needs a FILE to read (or - for stdin)")
+    if args.rate is not None:
+        check_rate(args.rate, "--rate")
+    f = compose(args.kind, args.rate, args.seed)
+    from pathlib import Path
+
+    from .data.sources import _decode
+
+    if args.file == "-":
+        text = _decode(sys.stdin.buffer.read(), "<stdin>")
+    else:
+        path = Path(args.file)
+        if not path.exists():
+            raise SteadyError(f"{path}: no such file")
+        if path.is_dir():
+            raise SteadyError(f"{path}: is a folder; expected a text file")
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise SteadyError(f"{path}: cannot read ({e.strerror})") from None
+        text = _decode(raw, str(path))
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline ends the last line; it does not start another
+    out = []
+    for i, line in enumerate(lines):
+        line = line.removesuffix("\r")
+        out.append(f(line, i) if line else line)
+    sys.stdout.buffer.write("".join(s + "\n" for s in out).encode("utf-8"))
+    sys.stdout.flush()
+    return 0
+
+
 def _quiet_libraries() -> None:
     """steadylm draws its own progress bars; silence transformers' and hub's tqdm bars."""
     import os
@@ -257,10 +403,11 @@ def _quiet_libraries() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
-    handlers = {"train": _cmd_train, "demo": _cmd_demo, "presets": _cmd_presets, "plot": _cmd_plot}
+    handlers = {"train": _cmd_train, "demo": _cmd_demo, "presets": _cmd_presets, "plot": _cmd_plot, "compare": _cmd_compare,
+                "perturb": _cmd_perturb}
     try:
         if args.command == "eval":
-            return _cmd_eval_perplexity(args)
+            return _cmd_eval_generation(args) if args.eval_command == "generation" else _cmd_eval_perplexity(args)
         return handlers[args.command](args)
     except SteadyError as e:
         sys.stderr.write(f"steadylm: error: {e}\n")

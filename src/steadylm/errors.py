@@ -30,3 +30,8 @@ class CheckpointError(SteadyError):
 
 class ConfigError(SteadyError, ValueError):
     """A configuration value or flag outside its domain."""
+
+
+class BackendError(SteadyError):
+    """A generation backend that failed: an endpoint unreachable, refusing the key, or still
+    failing after its retries."""

@@ -1,0 +1,515 @@
+"""``steadylm eval generation``: how steady a model's answers are, for a local folder or an endpoint.
+
+For every prompt the model writes ``K`` samples under each seed (``--samples K --seeds 0,1,2``).
+The sample with index ``k`` under seed ``s`` draws from a random stream seeded by
+``(s, prompt id, k)`` (`backends.base.sample_seed`), so any sample can be regenerated alone.
+
+Measured (every number per prompt and aggregated with a bootstrap confidence interval over prompts):
+
+* **consistency** among the K samples of one seed (needs K >= 2), and among the first samples of
+  the seeds (needs >= 2 seeds): pairwise self-BLEU and chrF (sacrebleu), semantic similarity
+  (all-MiniLM-L6-v2), answer agreement / majority share / accuracy for items with a short ``answer``;
+* **contradiction** (SelfCheckGPT-NLI) with ``--nli-model``; otherwise recorded as not measured;
+* **degeneration**: seq-rep-n, distinct-n, share of outputs caught in a loop, and (local models)
+  Welleck et al.'s next-token rep / wrep on the reference text;
+* **relevance**: semantic similarity of prompt (or dialogue so far) and response; for chat items
+  that ask a question again at a later turn, whether both turns get the same answer;
+* **reference** metrics on sample 0 of the first seed: corpus BLEU, chrF, TER (sacrebleu defaults,
+  with sacrebleu's signature; ``tok:zh`` for Chinese references);
+* **determinism** on the first ``--determinism-prompts`` prompts: the same request again gives the
+  same text (greedy and sampled); unique completions over ``--determinism-runs`` greedy runs; batch
+  invariance (a prompt alone versus inside a batch: max logit difference and the first position
+  where greedy outputs diverge); for local models also float32 versus bfloat16 and 1 thread versus
+  the default. ``steadylm compare`` lines up two runs made on different machines.
+
+Outputs in ``--out``: ``results.json`` (every number with its signature), ``generations.jsonl``
+(every output: ``prompt_id``, ``seed``, ``sample``, ``text``, ...) and ``cache.jsonl`` (finished
+requests; running the same command again resumes from it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from .. import __version__
+from ..errors import ConfigError, SteadyError
+from ..fsutil import write_json_atomic, write_text_atomic
+from .backends.base import Backend, DecodingSettings, Generation, GenerationCache, Request, generate_cached
+from .prompts import PromptItem
+
+
+@dataclass
+class GenerationEvalConfig:
+    """Settings of one ``eval generation`` run."""
+
+    prompts: str = "builtin"
+    samples: int = 4
+    seeds: tuple[int, ...] = (0,)
+    decoding: DecodingSettings = field(default_factory=DecodingSettings)
+    n_builtin: int = 32
+    nli_model: str | None = None
+    determinism: bool = True
+    determinism_prompts: int = 8
+    determinism_runs: int = 5
+    environments: bool = True
+    bootstrap: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ConfigError(f"--samples must be >= 1, got {self.samples}")
+        if not self.seeds:
+            raise ConfigError("--seeds needs at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"--seeds has a repeated seed: {','.join(map(str, self.seeds))}")
+        if self.determinism_prompts < 1 or self.determinism_runs < 2:
+            raise ConfigError("--determinism-prompts must be >= 1 and --determinism-runs >= 2")
+        if self.bootstrap < 100:
+            raise ConfigError(f"--bootstrap must be >= 100 resamples, got {self.bootstrap}")
+
+
+def _request(item: PromptItem, sample: int, seed: int, settings: DecodingSettings, repeat: int = 0,
+             messages: tuple | None = None, pid: str | None = None) -> Request:
+    if messages is not None:
+        return Request(pid or item.id, sample, seed, settings, messages=messages, repeat=repeat)
+    if item.is_chat:
+        return Request(pid or item.id, sample, seed, settings, messages=item.messages, repeat=repeat)
+    return Request(pid or item.id, sample, seed, settings, prompt=item.prompt, repeat=repeat)
+
+
+def _norm_q(text: str) -> str:
+    return " ".join(text.lower().split()).strip(" ?？!！.。")
+
+
+def repeated_questions(item: PromptItem) -> list[int]:
+    """Indices of earlier user turns that ask the same question as the last user turn."""
+    if not item.is_chat:
+        return []
+    msgs = item.messages or ()
+    last = _norm_q(msgs[-1][1])
+    return [j for j, (r, c) in enumerate(msgs[:-1]) if r == "user" and _norm_q(c) == last]
+
+
+def first_divergence(a: Sequence[Any], b: Sequence[Any]) -> int | None:
+    """Index of the first position where two sequences differ (None when equal)."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def _text_agreement(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    from .degeneration import units
+
+    div = [first_divergence(units(a), units(b)) for a, b in pairs]
+    diverged = [d for d in div if d is not None]
+    return {"n": len(pairs), "identical_share": (len(pairs) - len(diverged)) / len(pairs) if pairs else None,
+            "first_divergence_mean": sum(diverged) / len(diverged) if diverged else None,
+            "first_divergence_min": min(diverged) if diverged else None,
+            "position_unit": "whitespace word / CJK character"}
+
+
+class GenerationEval:
+    """One evaluation: set up, generate (with the cache), measure, write."""
+
+    def __init__(self, backend: Backend, items: list[PromptItem], cfg: GenerationEvalConfig, out: str | Path,
+                 *, progress: bool = True, prompts_label: str | None = None):
+        if not items:
+            raise SteadyError("no prompts to evaluate")
+        self.backend, self.items, self.cfg = backend, items, cfg
+        self.out = Path(out)
+        self.progress = progress
+        self.prompts_label = prompts_label or cfg.prompts
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.cache = GenerationCache(self.out / "cache.jsonl")
+        self._embedder = None
+
+    # ------------------------------------------------------------------ generation
+    def _run(self, requests: list[Request], label: str) -> list[Generation]:
+        from ..progress import make_progress
+
+        n_cached = len(self.cache)
+        try:
+            with make_progress(transient=True) as bar:
+                task = bar.add_task(label, total=len(requests), info="")
+                return generate_cached(self.backend, requests, self.cache,
+                                       progress=lambda n: bar.advance(task, n))
+        except SteadyError as e:
+            kept = len(self.cache)
+            raise SteadyError(f"{e} ({kept} finished generations are kept in {self.out / 'cache.jsonl'}"
+                              f"{'' if kept == n_cached else f', {kept - n_cached} of them new'}; "
+                              f"run the same command again to resume)") from None
+
+    def main_requests(self) -> list[Request]:
+        reqs = []
+        for it in self.items:
+            for seed in self.cfg.seeds:
+                for k in range(self.cfg.samples):
+                    reqs.append(_request(it, k, seed, self.cfg.decoding))
+        return reqs
+
+    def turn_requests(self) -> list[tuple[PromptItem, int, Request]]:
+        """For chat items asking a question again: the dialogue cut at the earlier asking."""
+        out = []
+        for it in self.items:
+            for j in repeated_questions(it):
+                msgs = tuple((it.messages or ())[:j + 1])
+                out.append((it, j, _request(it, 0, self.cfg.seeds[0], self.cfg.decoding, messages=msgs,
+                                            pid=f"{it.id}@turn{j}")))
+        return out
+
+    # ------------------------------------------------------------------ metrics
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from .consistency import Embedder
+
+            self._embedder = Embedder()
+        return self._embedder
+
+    def run(self) -> dict[str, Any]:
+        t0 = time.time()
+        cfg = self.cfg
+        main = self.main_requests()
+        turns = self.turn_requests()
+        gens = self._run(main + [r for _, _, r in turns], "generating")
+        turn_gens = gens[len(main):]
+        gens = gens[:len(main)]
+        by_prompt: dict[str, dict[int, list[str]]] = {}
+        for g in gens:
+            by_prompt.setdefault(g.request.prompt_id, {}).setdefault(g.request.seed, []).append(g.text)
+        self._write_generations(gens, turn_gens)
+
+        results: dict[str, Any] = {"signature": self.signature()}
+        per_prompt = [{"prompt_id": it.id} for it in self.items]
+        results["consistency"] = self._consistency(by_prompt, per_prompt)
+        results["contradiction"] = self._contradiction(by_prompt, per_prompt)
+        results["degeneration"] = self._degeneration(gens, per_prompt)
+        results["relevance"] = self._relevance(by_prompt, per_prompt, turns, turn_gens)
+        results["reference"] = self._reference(by_prompt, per_prompt)
+        if cfg.determinism:
+            results["determinism"] = self._determinism(gens)
+        else:
+            results["determinism"] = {"measured": False, "reason": "turned off (--no-determinism)"}
+        results["per_prompt"] = per_prompt
+        results["counts"] = {"prompts": len(self.items), "generations": len(gens) + len(turn_gens),
+                             "from_cache": sum(g.cached for g in gens + turn_gens)}
+        results["elapsed_s"] = round(time.time() - t0, 2)
+        write_json_atomic(self.out / "results.json", results)
+        return results
+
+    def _summ(self, values: list[Any]) -> dict[str, Any]:
+        from .stats import summarize
+
+        return summarize([v for v in values if v is not None], n_resamples=self.cfg.bootstrap)
+
+    def _consistency(self, by_prompt, per_prompt) -> dict[str, Any]:
+        from .consistency import answer_stats, pairwise_bleu, pairwise_chrf
+
+        cfg = self.cfg
+        res: dict[str, Any] = {}
+        K, S = cfg.samples, len(cfg.seeds)
+        embed_needed = K >= 2 or S >= 2
+
+        def pair_metrics(groups: list[list[str]]) -> dict[str, float | None]:
+            bleu = [pairwise_bleu(g) for g in groups]
+            chrf = [pairwise_chrf(g) for g in groups]
+            sem = [self._pairwise_semantic(g) for g in groups]
+            mean = lambda xs: (sum(xs) / len(xs)) if xs else None  # noqa: E731
+            return {"self_bleu": mean([x for x in bleu if x is not None]),
+                    "self_chrf": mean([x for x in chrf if x is not None]),
+                    "semantic": mean([x for x in sem if x is not None])}
+
+        if not embed_needed:
+            note = "consistency needs --samples >= 2 or two or more --seeds; K = 1 gives reference metrics only"
+            res["across_samples"] = {"measured": False, "reason": note}
+            res["across_seeds"] = {"measured": False, "reason": note}
+        for scope, ok, reason in (("across_samples", K >= 2, "needs --samples >= 2"),
+                                  ("across_seeds", S >= 2, "needs two or more --seeds")):
+            if not embed_needed:
+                break
+            if not ok:
+                res[scope] = {"measured": False, "reason": reason}
+                continue
+            rows = []
+            for it, pp in zip(self.items, per_prompt):
+                seeds = by_prompt[it.id]
+                groups = ([seeds[s] for s in cfg.seeds] if scope == "across_samples"
+                          else [[seeds[s][0] for s in cfg.seeds]])
+                m = pair_metrics(groups)
+                pp[scope] = m
+                rows.append(m)
+            res[scope] = {"measured": True, **{k: self._summ([r[k] for r in rows]) for k in ("self_bleu", "self_chrf", "semantic")}}
+        answered = [(it, pp) for it, pp in zip(self.items, per_prompt) if it.answer is not None]
+        if answered:
+            rows = []
+            for it, pp in answered:
+                outs = [t for s in cfg.seeds for t in by_prompt[it.id][s]]
+                a = answer_stats(outs, it.answer)
+                pp["answers"] = a
+                rows.append(a)
+            res["answers"] = {"measured": True, "items": len(rows),
+                              **{k: self._summ([r.get(k) for r in rows]) for k in ("agreement", "majority_share", "accuracy")}}
+        else:
+            res["answers"] = {"measured": False, "reason": "no item has a short 'answer'"}
+        return res
+
+    def _pairwise_semantic(self, samples: list[str]) -> float | None:
+        if len(samples) < 2:
+            return None
+        from .consistency import pairwise_semantic
+
+        return pairwise_semantic(self.embedder.encode(samples))
+
+    def _contradiction(self, by_prompt, per_prompt) -> dict[str, Any]:
+        cfg = self.cfg
+        if cfg.nli_model is None:
+            return {"measured": False, "reason": "no --nli-model given (SelfCheckGPT-NLI needs a local NLI model folder)"}
+        if cfg.samples * len(cfg.seeds) < 2:
+            return {"measured": False, "reason": "needs at least two samples per prompt"}
+        from .contradiction import NLIScorer
+
+        scorer = NLIScorer(cfg.nli_model)
+        vals = []
+        for it, pp in zip(self.items, per_prompt):
+            outs = [t for s in cfg.seeds for t in by_prompt[it.id][s]]
+            v = scorer.contradiction_scores(outs)
+            pp["contradiction"] = v
+            vals.append(v)
+        return {"measured": True, "method": "SelfCheckGPT-NLI: P(contradiction) over [entailment, contradiction]",
+                "nli_model": cfg.nli_model, "score": self._summ(vals)}
+
+    def _degeneration(self, gens: list[Generation], per_prompt) -> dict[str, Any]:
+        from .degeneration import degeneration_stats, in_loop, next_token_repetition, units
+
+        res: dict[str, Any] = dict(degeneration_stats([g.text for g in gens]))
+        loops: dict[str, list[bool]] = {}
+        for g in gens:
+            loops.setdefault(g.request.prompt_id, []).append(in_loop(units(g.text)))
+        for it, pp in zip(self.items, per_prompt):
+            v = loops.get(it.id, [])
+            pp["loop_share"] = sum(v) / len(v) if v else None
+        refs = [r for it in self.items for r in it.references]
+        if not hasattr(self.backend, "next_token_predictions"):
+            res["next_token"] = {"measured": False, "reason": "needs token log-probabilities of a local model"}
+        elif not refs:
+            res["next_token"] = {"measured": False, "reason": "no reference text in the prompt set"}
+        else:
+            targets, preds = [], []
+            for r in refs:
+                t, p = self.backend.next_token_predictions(r)  # type: ignore[attr-defined]
+                targets.append(t)
+                preds.append(p)
+            rr = next_token_repetition(targets, preds)  # pooled over documents; context never crosses them
+            res["next_token"] = {"measured": True, "context": rr["context"], "tokens": rr["n"],
+                                 "rep": rr["rep"], "wrep": rr["wrep"], "on": "the prompt set's references"}
+        return res
+
+    def _relevance(self, by_prompt, per_prompt, turns, turn_gens) -> dict[str, Any]:
+        from .consistency import answer_stats
+
+        cfg = self.cfg
+        prompts, responses, owner = [], [], []
+        for n, it in enumerate(self.items):
+            for s in cfg.seeds:
+                for t in by_prompt[it.id][s]:
+                    prompts.append(it.text())
+                    responses.append(t)
+                    owner.append(n)
+        P = self.embedder.encode(prompts)
+        R = self.embedder.encode(responses)
+        sims = (P * R).sum(axis=1).tolist()
+        per: dict[int, list[float]] = {}
+        for n, v in zip(owner, sims):
+            per.setdefault(n, []).append(v)
+        for n, pp in enumerate(per_prompt):
+            pp["relevance"] = sum(per[n]) / len(per[n]) if n in per else None
+        res: dict[str, Any] = {"prompt_response": self._summ([pp["relevance"] for pp in per_prompt]),
+                               "embedding": "all-MiniLM-L6-v2 cosine"}
+        if turns:
+            rows = []
+            for (it, j, _), g in zip(turns, turn_gens):
+                later = by_prompt[it.id][cfg.seeds[0]][0]
+                e = self.embedder.encode([g.text, later])
+                same = answer_stats([g.text, later]).get("agreement")
+                rows.append({"prompt_id": it.id, "earlier_turn": j, "semantic": float((e[0] * e[1]).sum()),
+                             "same_answer": same, "earlier": g.text, "later": later})
+            res["repeated_question"] = {"measured": True, "pairs": len(rows),
+                                        "semantic": self._summ([r["semantic"] for r in rows]),
+                                        "same_answer": self._summ([r["same_answer"] for r in rows]),
+                                        "examples": rows[:20]}
+        else:
+            res["repeated_question"] = {"measured": False, "reason": "no chat item asks its last question at an earlier turn too"}
+        return res
+
+    def _reference(self, by_prompt, per_prompt) -> dict[str, Any]:
+        from .reference import reference_metrics, sentence_scores
+
+        first = self.cfg.seeds[0]
+        hyps, refs, owners = [], [], []
+        for it, pp in zip(self.items, per_prompt):
+            if not it.references:
+                continue
+            hyps.append(by_prompt[it.id][first][0])
+            refs.append(list(it.references))
+            owners.append(pp)
+        if not hyps:
+            return {"measured": False, "reason": "no item has a reference"}
+        r = reference_metrics(hyps, refs)
+        for h, rf, pp in zip(hyps, refs, owners):  # per prompt with the corpus's tokenizer
+            pp["reference"] = sentence_scores(h, rf, tokenize=r["tokenize"])
+        r.update(measured=True, on="sample 0 of the first seed", items=len(hyps))
+        return r
+
+    # ------------------------------------------------------------------ determinism
+    def _determinism(self, gens: list[Generation]) -> dict[str, Any]:
+        cfg = self.cfg
+        items = self.items[:cfg.determinism_prompts]
+        greedy = replace(cfg.decoding, temperature=0.0)
+        sampled = cfg.decoding if not cfg.decoding.greedy else replace(cfg.decoding, temperature=1.0)
+        seed = cfg.seeds[0]
+        R = cfg.determinism_runs
+        reqs: list[Request] = []
+        for it in items:
+            reqs += [_request(it, 0, seed, greedy, repeat=r) for r in range(1, R + 1)]
+            reqs += [_request(it, 0, seed, sampled, repeat=r) for r in (1, 2)]
+        got = self._run(reqs, "determinism")
+        per = 2 + R
+        res: dict[str, Any] = {"prompts": len(items), "runs": R}
+        uniq, same_g, same_s = [], [], []
+        for n in range(len(items)):
+            g = [x.text for x in got[n * per:n * per + R]]
+            s = [x.text for x in got[n * per + R:n * per + R + 2]]
+            uniq.append(len(set(g)))
+            same_g.append(g[0] == g[1])
+            same_s.append(s[0] == s[1])
+        res["greedy_repeat"] = {"unique_completions_mean": sum(uniq) / len(uniq), "unique_completions_max": max(uniq),
+                                "same_output_share": sum(same_g) / len(same_g)}
+        res["same_seed_sampled"] = {"same_output_share": sum(same_s) / len(same_s), "decoding": sampled.as_dict()}
+        if self.backend.kind == "local":
+            res["batch_invariance"] = self._batch_invariance_local(items, greedy)
+            if cfg.environments:
+                res["environments"] = self._environments_local(items, greedy, [x.text for x in got[0::per]])
+            else:
+                res["environments"] = {"measured": False, "reason": "turned off (--no-environments)"}
+        else:
+            res["batch_invariance"] = self._batch_invariance_http(items, greedy, [x.text for x in got[0::per]])
+            res["environments"] = {"measured": False, "reason": "a served model's dtype and threads are the server's; "
+                                                                "compare two runs with `steadylm compare`"}
+        return res
+
+    def _batch_invariance_local(self, items: list[PromptItem], greedy: DecodingSettings) -> dict[str, Any]:
+        """Each prompt alone (batch of 1) versus inside one left-padded batch of all of them."""
+        import torch
+
+        b = self.backend
+        texts = [b.render(_request(it, 0, 0, greedy)) for it in items]  # type: ignore[attr-defined]
+        batch_toks, batch_logits = b.greedy_logits(texts, greedy)  # type: ignore[attr-defined]
+        max_diff, divs, rows = 0.0, [], []
+        for n, t in enumerate(texts):
+            toks, logits = b.greedy_logits([t], greedy)  # type: ignore[attr-defined]
+            a, c = toks[0], batch_toks[n]
+            d = first_divergence(a, c)
+            common = len(a) if d is None else d + 1  # logits up to and including the first divergent step
+            diff = float((logits[0, :common] - batch_logits[n, :common]).abs().max()) if common else 0.0
+            max_diff = max(max_diff, diff)
+            divs.append(d)
+            rows.append({"prompt_id": items[n].id, "max_logit_diff": diff, "first_divergence": d})
+        diverged = [d for d in divs if d is not None]
+        return {"measured": True, "batch": len(texts), "max_logit_diff": max_diff,
+                "identical_share": (len(divs) - len(diverged)) / len(divs),
+                "first_divergence_min": min(diverged) if diverged else None, "position_unit": "generated token",
+                "per_prompt": rows, "dtype": getattr(b, "dtype", None), "torch": torch.__version__}
+
+    def _batch_invariance_http(self, items, greedy, concurrent_texts: list[str]) -> dict[str, Any]:
+        """Each prompt sent alone (one request in flight) versus the concurrent greedy run."""
+        b = self.backend
+        old = getattr(b, "concurrency", None)
+        try:
+            if old is not None:
+                b.concurrency = 1  # type: ignore[attr-defined]
+            alone = self._run([_request(it, 0, self.cfg.seeds[0], greedy, repeat=self.cfg.determinism_runs + 1)
+                               for it in items], "alone")
+        finally:
+            if old is not None:
+                b.concurrency = old  # type: ignore[attr-defined]
+        out = _text_agreement([(a.text, c) for a, c in zip(alone, concurrent_texts)])
+        out.update(measured=True, how="one request in flight versus the concurrent run; text only (no logits over HTTP)")
+        return out
+
+    def _environments_local(self, items, greedy, ref_texts: list[str]) -> dict[str, Any]:
+        """float32 versus bfloat16, and one thread versus the default, on greedy outputs."""
+        import torch
+
+        from .backends.local import LocalBackend
+
+        b = self.backend
+        reqs = [_request(it, 0, self.cfg.seeds[0], greedy, repeat=9999) for it in items]
+        res: dict[str, Any] = {"measured": True}
+        other = "bfloat16" if b.dtype != "bfloat16" else "float32"  # type: ignore[attr-defined]
+        alt = LocalBackend(b.path, dtype=other, batch_size=b.batch_size, device=b.device.type,  # type: ignore[attr-defined]
+                           truncate_left=b.truncate_left)  # type: ignore[attr-defined]
+        texts = [g.text for g in alt.generate(reqs)]
+        res[f"{b.dtype}_vs_{other}"] = _text_agreement(list(zip(ref_texts, texts)))  # type: ignore[attr-defined]
+        if b.device.type == "cpu" and torch.get_num_threads() > 1:  # type: ignore[attr-defined]
+            n = torch.get_num_threads()
+            old = b.threads  # type: ignore[attr-defined]
+            b.threads = 1  # type: ignore[attr-defined]
+            try:
+                t1 = [g.text for g in b.generate(reqs)]
+            finally:
+                b.threads = old  # type: ignore[attr-defined]
+            res[f"threads_{n}_vs_1"] = _text_agreement(list(zip(ref_texts, t1)))
+        else:
+            res["threads"] = {"measured": False, "reason": "one CPU thread (or a GPU): nothing to vary"}
+        return res
+
+    # ------------------------------------------------------------------ outputs
+    def signature(self) -> dict[str, Any]:
+        import sacrebleu
+
+        cfg = self.cfg
+        h = hashlib.sha256()
+        for it in self.items:
+            h.update(json.dumps(it.to_json(), sort_keys=True, ensure_ascii=False).encode())
+        sig = {
+            "steadylm": __version__,
+            "backend": self.backend.signature(),
+            "decoding": cfg.decoding.as_dict(),
+            "samples": cfg.samples,
+            "seeds": list(cfg.seeds),
+            "prompts": {"source": self.prompts_label, "items": len(self.items), "sha256": h.hexdigest()[:12]},
+            "metrics": {"semantic_model": "all-MiniLM-L6-v2", "bootstrap_resamples": cfg.bootstrap, "ci": 0.95,
+                        "sacrebleu": sacrebleu.__version__, "nli_model": cfg.nli_model,
+                        "units": "whitespace words; CJK characters one unit each"},
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+        }
+        b = sig["backend"]
+        sig["string"] = "|".join([f"steadylm:{__version__}", f"backend:{b['backend']}",
+                                  f"model:{b.get('model_hash') or b.get('model')}",
+                                  f"T:{cfg.decoding.temperature:g}", f"top_p:{cfg.decoding.as_dict()['top_p']:g}",
+                                  f"top_k:{cfg.decoding.as_dict()['top_k']}", f"max_new:{cfg.decoding.max_new_tokens}",
+                                  f"K:{cfg.samples}", f"seeds:{','.join(map(str, cfg.seeds))}",
+                                  f"prompts:{sig['prompts']['sha256']}"])
+        return sig
+
+    def _write_generations(self, gens: list[Generation], turn_gens: list[Generation]) -> None:
+        lines = []
+        for g in list(gens) + list(turn_gens):
+            r = g.request
+            lines.append(json.dumps({"prompt_id": r.prompt_id, "seed": r.seed, "sample": r.sample, "text": g.text,
+                                     "finish_reason": g.finish_reason, "completion_tokens": g.completion_tokens,
+                                     "stream_seed": None if r.settings.greedy else r.stream_seed},
+                                    ensure_ascii=False))
+        write_text_atomic(self.out / "generations.jsonl", "\n".join(lines) + "\n")
+        write_text_atomic(self.out / "prompts.jsonl",
+                          "\n".join(json.dumps(it.to_json(), ensure_ascii=False) for it in self.items) + "\n")
+
+    def close(self) -> None:
+        self.cache.close()

@@ -1,0 +1,199 @@
+"""Prompt sets for generation evaluation.
+
+JSONL, one item a line (blank lines skipped)::
+
+    {"id": "q1", "prompt": "...", "reference": "...", "answer": "Paris"}
+    {"messages": [{"role": "user", "content": "..."}, ...], "references": ["...", "..."]}
+    {"source": "Der Hund bellt.", "prompt": "Translate to English: Der Hund bellt.", "reference": "The dog barks."}
+
+* ``prompt`` (text) or ``messages`` (chat, OpenAI format) - exactly one;
+* ``reference`` (a string) or ``references`` (a list of strings) - optional;
+* ``answer`` - optional short answer (for answer agreement and accuracy);
+* ``source`` - optional source sentence of a translation item (the prompt defaults to it);
+* ``id`` - optional; the line number is the id otherwise.
+
+``builtin`` draws prompts from the held-out (validation) side of the built-in corpus, split exactly
+as ``steadylm train`` splits it: the opening words of a paragraph are the prompt and the words that
+follow are the reference, so a model trained by steadylm has never seen them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data.sources import _decode, load_documents, split_documents
+from ..errors import DataError
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    """One prompt (or chat) with what is known about good answers."""
+
+    id: str
+    prompt: str | None = None
+    messages: tuple[tuple[str, str], ...] | None = None
+    references: tuple[str, ...] = ()
+    answer: str | None = None
+    source: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def is_chat(self) -> bool:
+        return self.messages is not None
+
+    def text(self) -> str:
+        """The prompt as plain text (for relevance and for display): the dialogue so far."""
+        if self.prompt is not None:
+            return self.prompt
+        return "\n".join(c for _, c in self.messages or ())
+
+    def last_user_turn(self) -> str:
+        if self.prompt is not None:
+            return self.prompt
+        for role, content in reversed(self.messages or ()):
+            if role == "user":
+                return content
+        return ""
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"id": self.id}
+        if self.prompt is not None:
+            d["prompt"] = self.prompt
+        if self.messages is not None:
+            d["messages"] = [{"role": r, "content": c} for r, c in self.messages]
+        if self.references:
+            d["references"] = list(self.references)
+        if self.answer is not None:
+            d["answer"] = self.answer
+        if self.source is not None:
+            d["source"] = self.source
+        return d
+
+
+def _item(obj: Any, where: str, line_no: int) -> PromptItem:
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    pid = obj.get("id", line_no)
+    if not isinstance(pid, (str, int)) or isinstance(pid, bool):
+        raise DataError(f"{where}: 'id' must be a string or an integer")
+    prompt, messages, source = obj.get("prompt"), obj.get("messages"), obj.get("source")
+    if source is not None and not isinstance(source, str):
+        raise DataError(f"{where}: 'source' must be a string")
+    if prompt is None and messages is None and source is not None:
+        prompt = source
+    if (prompt is None) == (messages is None):
+        raise DataError(f"{where}: needs exactly one of 'prompt' or 'messages'")
+    msgs = None
+    if prompt is not None:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataError(f"{where}: 'prompt' must be a non-empty string")
+    else:
+        if not isinstance(messages, list) or not messages:
+            raise DataError(f"{where}: 'messages' must be a non-empty list")
+        out = []
+        for j, m in enumerate(messages):
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+                raise DataError(f"{where}: messages[{j}] must be an object with string 'role' and 'content'")
+            if m["role"] not in ROLES:
+                raise DataError(f"{where}: messages[{j}] has role {m['role']!r}; expected one of {', '.join(ROLES)}")
+            out.append((m["role"], m["content"]))
+        if out[-1][0] != "user":
+            raise DataError(f"{where}: the last message must be a 'user' turn (the model answers it)")
+        msgs = tuple(out)
+    refs: list[str] = []
+    if "reference" in obj and "references" in obj:
+        raise DataError(f"{where}: give 'reference' or 'references', not both")
+    if "reference" in obj:
+        if not isinstance(obj["reference"], str):
+            raise DataError(f"{where}: 'reference' must be a string")
+        refs = [obj["reference"]]
+    elif "references" in obj:
+        r = obj["references"]
+        if not isinstance(r, list) or not r or not all(isinstance(x, str) for x in r):
+            raise DataError(f"{where}: 'references' must be a non-empty list of strings")
+        refs = list(r)
+    answer = obj.get("answer")
+    if answer is not None and not isinstance(answer, (str, int, float)):
+        raise DataError(f"{where}: 'answer' must be a short string")
+    return PromptItem(id=str(pid), prompt=prompt, messages=msgs, references=tuple(refs),
+                      answer=None if answer is None else str(answer), source=source)
+
+
+def read_prompts_jsonl(path: str | Path) -> list[PromptItem]:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; expected a .jsonl prompt file")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    text = _decode(raw, str(path))
+    items: list[PromptItem] = []
+    seen: dict[str, int] = {}
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        item = _item(obj, f"{path}:{i}", i)
+        if item.id in seen:
+            raise DataError(f"{path}:{i}: duplicate id {item.id!r} (first on line {seen[item.id]})")
+        seen[item.id] = i
+        items.append(item)
+    if not items:
+        raise DataError(f"{path}: empty (no prompts)")
+    return items
+
+
+_WS = re.compile(r"\s+")
+
+
+def builtin_prompts(n: int = 32, *, prompt_words: int = 12, reference_words: int = 24,
+                    source: str = "builtin:pydoc", val_fraction: float = 0.1) -> list[PromptItem]:
+    """Prompts from the held-out documents of a built-in corpus (the validation side of the same
+    split ``steadylm train`` uses): each paragraph long enough gives ``prompt_words`` words of
+    prompt and the next ``reference_words`` words as the reference."""
+    train, val = split_documents(load_documents(source), val_fraction)
+    # some topics repeat paragraphs of others: a paragraph also found in a training document is
+    # not held out, so it is skipped
+    seen = " ".join(" ".join(train).split())
+    items: list[PromptItem] = []
+    for d, doc in enumerate(val):
+        for p, para in enumerate(re.split(r"\n\s*\n", doc)):
+            words = _WS.split(para.strip())
+            if len(words) < prompt_words + reference_words // 2:
+                continue
+            prompt, ref = " ".join(words[:prompt_words]), " ".join(words[prompt_words:prompt_words + reference_words])
+            if f"{prompt} {ref}" in seen:
+                continue
+            items.append(PromptItem(id=f"{source.split(':', 1)[1]}-{d}-{p}", prompt=prompt, references=(ref,)))
+    if not items:
+        raise DataError(f"{source}: no held-out paragraph is long enough for a prompt")
+    # spread over documents: round-robin rather than the first n paragraphs of one document
+    by_doc: dict[str, list[PromptItem]] = {}
+    for it in items:
+        by_doc.setdefault(it.id.rsplit("-", 1)[0], []).append(it)
+    picked: list[PromptItem] = []
+    while len(picked) < n and any(by_doc.values()):
+        for k in list(by_doc):
+            if by_doc[k] and len(picked) < n:
+                picked.append(by_doc[k].pop(0))
+    return picked
+
+
+def load_prompts(spec: str, *, n_builtin: int = 32) -> list[PromptItem]:
+    """``builtin`` (or ``builtin:pydoc``) or a JSONL file."""
+    if spec == "builtin" or spec.startswith("builtin:"):
+        src = "builtin:pydoc" if spec == "builtin" else spec
+        return builtin_prompts(n_builtin, source=src)
+    return read_prompts_jsonl(spec)

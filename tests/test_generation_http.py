@@ -1,0 +1,94 @@
+"""eval generation against an OpenAI-compatible server started by the test (real HTTP on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from conftest import run_cli
+from openai_server import OpenAIServer
+from steadylm.evaluate.backends import DecodingSettings, Request
+
+
+@pytest.fixture(scope="module")
+def server(nano_model_dir):
+    with OpenAIServer(nano_model_dir, model_name="nano") as s:
+        yield s
+
+
+@pytest.fixture()
+def prompts(tmp_path):
+    p = tmp_path / "p.jsonl"
+    rows = [{"id": "a", "prompt": "The module", "reference": "A module is a file."},
+            {"id": "b", "prompt": "大语言模型", "reference": "稳定性"},
+            {"id": "c", "messages": [{"role": "user", "content": "What is a loop?"}], "answer": "repetition"}]
+    p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return p
+
+
+def test_sampled_http_equals_local(server, nano_model_dir):
+    """The same request, served over HTTP or generated locally, gives the same sample: both draw
+    from the request's own stream seed."""
+    from steadylm.evaluate.backends import open_backend
+
+    # a served model gets the tokenizer's own special-token rule (as vLLM does), and steadylm's
+    # tokenizer adds none, so the prompts carry the BOS the local backend puts in front
+
+    st = DecodingSettings(temperature=0.9, top_k=40, max_new_tokens=8)
+    reqs = [Request(f"p{i}", k, 3, st, prompt="<|endoftext|>" + p)
+            for i, p in enumerate(["The loop", "Hello", "大语言"]) for k in range(2)]
+    http = [g.text for g in open_backend(server.spec(), concurrency=3).generate(reqs)]
+    local = [g.text for g in open_backend(str(nano_model_dir)).generate(reqs)]
+    assert http == local
+
+
+def test_eval_generation_over_http_resumes(server, prompts, tmp_path):
+    out = tmp_path / "run"
+    args = ["eval", "generation", "--model", server.spec(), "--prompts", str(prompts), "--samples", "2",
+            "--max-new-tokens", "6", "--determinism-prompts", "2", "--determinism-runs", "2", "--bootstrap", "200",
+            "--concurrency", "3", "--out", str(out), "--json"]
+    server.reset()
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["signature"]["backend"]["backend"] == "openai" and res["counts"]["generations"] == 6
+    assert res["reference"]["measured"] and res["consistency"]["across_samples"]["measured"]
+    assert res["degeneration"]["next_token"]["measured"] is False  # no logits over HTTP: said, not faked
+    assert res["determinism"]["batch_invariance"]["measured"] and res["determinism"]["environments"]["measured"] is False
+    assert server.max_in_flight <= 3
+    seen = server.requests_seen
+    # the same command again: every request comes from the cache, none reaches the server
+    r2 = run_cli(*args)
+    assert r2.returncode == 0, r2.stderr
+    assert server.requests_seen == seen
+    assert json.loads(r2.stdout)["counts"]["from_cache"] == 6
+
+
+def test_server_failure_keeps_finished_work(server, prompts, tmp_path):
+    out = tmp_path / "run"
+    args = ["eval", "generation", "--model", server.spec(), "--prompts", str(prompts), "--samples", "2",
+            "--max-new-tokens", "6", "--no-determinism", "--concurrency", "1", "--out", str(out)]
+    server.reset()
+    server.fail_next("401", n=10, after=3)
+    r = run_cli(*args)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "OPENAI_API_KEY" in r.stderr and "finished generations are kept" in r.stderr
+    assert len((out / "cache.jsonl").read_text().splitlines()) == 3
+    server.reset()
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert server.requests_seen == 6 - 3  # only what was missing
+
+
+def test_unreachable_endpoint(tmp_path, prompts):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    r = run_cli("eval", "generation", "--model", f"openai:http://127.0.0.1:{port}/v1#m", "--prompts", str(prompts),
+                "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot reach" in r.stderr
+    bad = run_cli("eval", "generation", "--model", "openai:localhost:8000", "--prompts", str(prompts))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
