@@ -316,3 +316,54 @@ def test_generation_bad_input(case, nano_model_dir, tmp_path):
     r = run_cli(*args)
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr and expect in r.stderr
+
+
+def test_contradiction_measured_with_nli_model(nano_model_dir, prompt_file, tmp_path):
+    """--nli-model runs SelfCheckGPT-NLI over the samples (a tiny random classifier: the path, not the quality)."""
+    from test_textmetrics import NLI_LABELS, _tiny_classifier
+
+    from steadylm.evaluate.contradiction import NLIScorer
+
+    nli = _tiny_classifier(tmp_path / "nli", NLI_LABELS)
+    out = tmp_path / "o"
+    r = run_cli("eval", "generation", "--model", str(nano_model_dir), "--prompts", str(prompt_file), "--samples", "2",
+                "--max-new-tokens", "6", "--no-determinism", "--bootstrap", "200", "--nli-model", str(nli),
+                "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    c = res["contradiction"]
+    assert c["measured"] and 0 <= c["score"]["mean"] <= 1
+    # recompute one prompt's score from generations.jsonl
+    texts = [g["text"] for g in map(json.loads, (out / "generations.jsonl").read_text().splitlines())
+             if g["prompt_id"] == "q1"]
+    per = {p["prompt_id"]: p for p in json.loads((out / "results.json").read_text())["per_prompt"]}
+    assert per["q1"]["contradiction"] == pytest.approx(NLIScorer(nli).contradiction_scores(texts), abs=1e-6)
+    bad = run_cli("eval", "generation", "--model", str(nano_model_dir), "--prompts", str(prompt_file), "--samples", "2",
+                  "--max-new-tokens", "4", "--no-determinism", "--nli-model", str(nano_model_dir), "--out", str(tmp_path / "b"))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_data_parallel_ranks_equal_one_process(gen_run, nano_model_dir, prompt_file, tmp_path):
+    """Two processes with RANK/WORLD_SIZE (what accelerate launch and torchrun set) split the
+    requests; rank 0 gathers them and its results equal the one-process run's generations."""
+    import os
+    import subprocess
+    import sys
+
+    single, _ = gen_run
+    out = tmp_path / "dp"
+    args = [sys.executable, "-m", "steadylm", "eval", "generation", "--model", str(nano_model_dir), "--prompts",
+            str(prompt_file), "--samples", "3", "--seeds", "0,1", "--max-new-tokens", "8", "--temperature", "1.0",
+            "--top-p", "0.95", "--no-determinism", "--bootstrap", "200", "--threads", "1", "--out", str(out), "--json"]
+    procs = [subprocess.Popen(args, env=dict(os.environ, RANK=str(r), WORLD_SIZE="2", PYTHONWARNINGS="ignore"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (1, 0)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert "rank 1/2" in outs[0][1]
+    n_rank1 = len((out / "cache.rank-1.jsonl").read_text().splitlines())
+    assert n_rank1 == (4 * 3 * 2 + 1) // 2
+    read = lambda d: {(g["prompt_id"], g["seed"], g["sample"]): g["text"]  # noqa: E731
+                      for g in map(json.loads, (d / "generations.jsonl").read_text().splitlines())}
+    assert read(out) == read(single)
+    res = json.loads(outs[1][0])
+    assert res["counts"]["generations"] == res["counts"]["from_cache"] == 4 * 3 * 2 + 1  # all gathered from the shards

@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     evsub.required = True
     ppl = evsub.add_parser("perplexity", help="corpus-level perplexity, matching lm-eval-harness's loglikelihood_rolling")
     ppl.add_argument("--model", required=True, help="a local Hugging Face causal-LM folder")
-    ppl.add_argument("--data", required=True, help="builtin:pydoc, a .txt file, a folder of .txt files, or a .jsonl file with 'text'")
+    ppl.add_argument("--data", required=True, help="builtin:pydoc, builtin:stdlib-code, a .txt file, a folder of .txt files, or a .jsonl file with 'text'")
     ppl.add_argument("--window", type=int, default=None, help="tokens per window (default: the model's context)")
     ppl.add_argument("--stride", type=int, default=None, help="new tokens scored per window (default: the window; smaller gives a sliding window)")
     ppl.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: 8)")
@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = evsub.add_parser("generation", help="consistency, contradiction, repetition, relevance, BLEU/chrF/TER and "
                                              "determinism of generated answers")
-    gen.add_argument("--model", required=True, help="a local HF causal-LM folder, or openai:http://HOST:PORT/v1#MODEL_NAME")
+    gen.add_argument("--model", required=True, help="a local HF causal-LM folder, openai:http://HOST:PORT/v1#MODEL_NAME, or "
+                                                "ensemble:DIR1,DIR2[#logprob] (token-level average of local folders)")
     gen.add_argument("--prompts", default="builtin", help="a JSONL prompt file, or 'builtin' (held-out built-in corpus; default)")
     gen.add_argument("--builtin-prompts", type=int, default=32, help="how many prompts 'builtin' draws (default: 32)")
     gen.add_argument("--samples", type=int, default=4, help="K samples per prompt and seed (default: 4; 1 gives reference metrics only)")
@@ -179,6 +180,40 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for confidence intervals (default: 1000)")
     gen.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
 
+    rob = evsub.add_parser("robustness", help="outputs under perturbed prompts (similarity, accuracy, PDR, worst case, "
+                                              "perplexity shift), a greedy adversarial search, and domain shift (--ood)")
+    rob.add_argument("--model", required=True, help="a local HF causal-LM folder, or openai:http://HOST:PORT/v1#MODEL_NAME")
+    rob.add_argument("--prompts", default="builtin", help="a JSONL prompt file, 'builtin' or builtin:SOURCE (default: builtin)")
+    rob.add_argument("--builtin-prompts", type=int, default=32, help="how many prompts a built-in source draws (default: 32)")
+    rob.add_argument("--kinds", default=None, metavar="NAME[,NAME...]",
+                     help="perturbation kinds, each evaluated on its own (see steadylm perturb --list; default: "
+                          "typo,swap,delete,ocr,upper,whitespace,punctuation,filler,word-order,distractor)")
+    rob.add_argument("--rate", type=float, default=None, help="one rate in [0, 1] for every kind (default: each kind's own)")
+    rob.add_argument("--seed", type=int, default=0, help="seed of the perturbations and of sampling (default: 0)")
+    rob.add_argument("--samples", type=int, default=1, help="K outputs per prompt and variant (default: 1)")
+    rob.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
+    rob.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default: 1.0 = off)")
+    rob.add_argument("--top-k", type=int, default=0, help="top-k sampling (default: 0 = off)")
+    rob.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per output (default: 64)")
+    rob.add_argument("--budget", type=int, default=3, help="adversarial search: edits per prompt (default: 3)")
+    rob.add_argument("--queries", type=int, default=12,
+                     help="adversarial search: model queries per item for each search, greedy and random (default: 12)")
+    rob.add_argument("--adv-items", type=int, default=4, help="adversarial search: how many of the first items (default: 4; 0 = off)")
+    rob.add_argument("--ood", default=None, metavar="SRC",
+                     help="an out-of-domain prompt source (builtin:stdlib-code or a JSONL file) to compare clean metrics with")
+    rob.add_argument("--out", default=None, help="results folder (default: runs/eval-robustness); the same --out resumes")
+    rob.add_argument("--json", action="store_true", help="print results.json's summary as one JSON object on stdout")
+    rob.add_argument("--batch-size", type=int, default=64, help="local models: rows per generate call (default: 64)")
+    rob.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="local models (default: float32)")
+    rob.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    rob.add_argument("--truncate-left", action="store_true", help="cut prompts longer than the context from the left instead of refusing")
+    rob.add_argument("--concurrency", type=int, default=8, help="endpoint: requests in flight (default: 8)")
+    rob.add_argument("--api-key-env", default="OPENAI_API_KEY", help="endpoint: environment variable holding the key (default: OPENAI_API_KEY)")
+    rob.add_argument("--timeout", type=float, default=60.0, help="endpoint: seconds per request before retrying (default: 60)")
+    rob.add_argument("--max-retries", type=int, default=6, help="endpoint: retries on 429/5xx/timeouts/garbage (default: 6)")
+    rob.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for confidence intervals (default: 1000)")
+    rob.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
+
     cmp_ = sub.add_parser("compare", help="line up two eval-generation runs (e.g. two machines): outputs and metrics")
     cmp_.add_argument("run_a", metavar="RESULTS_A", help="a folder written by steadylm eval generation")
     cmp_.add_argument("run_b", metavar="RESULTS_B", help="another one")
@@ -196,6 +231,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="probability per eligible character/word, in [0, 1] (default: each kind's own, see --list)")
     pt.add_argument("--seed", type=int, default=0, help="seed (default: 0); line i is perturbed as text index i")
     pt.add_argument("--list", action="store_true", help="list the perturbations with their default rates and descriptions")
+
+    sp = sub.add_parser("soup", help="average model weights: a run's newest K checkpoints (LAWA) or several model folders")
+    sp.add_argument("sources", metavar="RUN_DIR|FOLDER", nargs="+",
+                    help="one run folder with --last K, or model folders (e.g. RUN/model, RUN/model-ema, fine-tunes)")
+    sp.add_argument("--last", type=int, default=None, metavar="K", help="average the run's newest K checkpoints")
+    sp.add_argument("-o", "--out", required=True, help="model folder to write (a new folder, or an earlier soup)")
+
+    ens = sub.add_parser("ensemble", help="output-level ensembles: pick one output per prompt by vote or MBR")
+    enssub = ens.add_subparsers(dest="ensemble_command", metavar="ENSEMBLE", parser_class=_Parser)
+    enssub.required = True
+    sel = enssub.add_parser("select", help="choose one output per item by majority vote of short answers or by MBR")
+    sel.add_argument("--candidates", required=True, metavar="FILE.jsonl",
+                     help='lines {"id": ..., "candidates": [...]}, or a generations.jsonl from eval generation')
+    sel.add_argument("--method", default="vote", choices=["vote", "mbr"],
+                     help="vote: most frequent short answer (self-consistency); mbr: minimum Bayes risk (default: vote)")
+    sel.add_argument("--utility", default="chrf", choices=["chrf", "bleu"], help="MBR utility (default: chrf)")
+    sel.add_argument("-o", "--out", default=None, metavar="FILE.jsonl", help="write the chosen outputs here (default: stdout)")
 
     sub.add_parser("presets", help="list the model presets")
     return p
@@ -308,7 +360,52 @@ def _cmd_eval_generation(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         backend = open_backend(args.model, dtype=args.dtype, batch_size=args.batch_size, threads=args.threads,
                                trust_remote_code=args.trust_remote_code, truncate_left=args.truncate_left)
-    ev = GenerationEval(backend, items, cfg, args.out or "runs/eval-generation", progress=not args.json)
+    import os
+
+    rank, world = int(os.environ.get("RANK", "0") or 0), int(os.environ.get("WORLD_SIZE", "1") or 1)
+    ev = GenerationEval(backend, items, cfg, args.out or "runs/eval-generation", progress=not args.json,
+                        rank=rank, world_size=world)
+    try:
+        results = ev.run()
+    finally:
+        ev.close()
+        backend.close()
+    if rank != 0:
+        sys.stderr.write(f"rank {rank}/{world}: {results['generated']} generations in {ev.out}; rank 0 writes the results\n")
+        return 0
+    if args.json:
+        print(json.dumps({k: v for k, v in results.items() if k != "per_prompt"}, ensure_ascii=False))
+    else:
+        print_generation_summary(results, ev.out)
+    return 0
+
+
+def _cmd_eval_robustness(args: argparse.Namespace) -> int:
+    from .evaluate.backends import DecodingSettings, open_backend
+    from .evaluate.prompts import load_prompts
+    from .evaluate.robustness import DEFAULT_KINDS, RobustnessConfig, RobustnessEval, print_robustness_summary
+
+    if args.threads is not None and args.threads < 1:
+        raise SteadyError(f"--threads must be positive, got {args.threads}")
+    cfg = RobustnessConfig(
+        prompts=args.prompts, kinds=tuple(args.kinds.split(",")) if args.kinds is not None else DEFAULT_KINDS,
+        rate=args.rate, seed=args.seed, samples=args.samples, n_builtin=args.builtin_prompts,
+        decoding=DecodingSettings(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                                  max_new_tokens=args.max_new_tokens),
+        budget=args.budget, queries=args.queries, adv_items=args.adv_items, ood=args.ood, bootstrap=args.bootstrap)
+    items = load_prompts(args.prompts, n_builtin=args.builtin_prompts)
+    ood = load_prompts(args.ood, n_builtin=args.builtin_prompts) if args.ood is not None else None
+    if args.model.startswith("openai:"):
+        backend = open_backend(args.model, api_key_env=args.api_key_env, concurrency=args.concurrency,
+                               timeout=args.timeout, max_retries=args.max_retries)
+    else:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        backend = open_backend(args.model, dtype=args.dtype, batch_size=args.batch_size, threads=args.threads,
+                               trust_remote_code=args.trust_remote_code, truncate_left=args.truncate_left)
+    ev = RobustnessEval(backend, items, cfg, args.out or "runs/eval-robustness", ood_items=ood, progress=not args.json)
     try:
         results = ev.run()
     finally:
@@ -317,7 +414,7 @@ def _cmd_eval_generation(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({k: v for k, v in results.items() if k != "per_prompt"}, ensure_ascii=False))
     else:
-        print_generation_summary(results, ev.out)
+        print_robustness_summary(results, ev.out)
     return 0
 
 
@@ -391,6 +488,31 @@ def _cmd_perturb(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_soup(args: argparse.Namespace) -> int:
+    from .ensemble.soup import soup
+
+    res = soup(args.sources, args.out, last=args.last)
+    print(f"{res['method']} soup of {len(res['members'])} models:")
+    for m in res["members"]:
+        print(f"  {m}")
+    print(f"-> {res['out']}")
+    return 0
+
+
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from .ensemble.select import select_file
+    from .fsutil import write_text_atomic
+
+    rows = select_file(args.candidates, method=args.method, utility=args.utility)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    if args.out:
+        write_text_atomic(args.out, text)
+        print(f"{len(rows)} chosen outputs -> {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _quiet_libraries() -> None:
     """steadylm draws its own progress bars; silence transformers' and hub's tqdm bars."""
     import os
@@ -404,8 +526,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     handlers = {"train": _cmd_train, "demo": _cmd_demo, "presets": _cmd_presets, "plot": _cmd_plot, "compare": _cmd_compare,
-                "perturb": _cmd_perturb}
+                "perturb": _cmd_perturb, "soup": _cmd_soup, "ensemble": _cmd_ensemble}
     try:
+        if args.command == "eval" and args.eval_command == "robustness":
+            return _cmd_eval_robustness(args)
         if args.command == "eval":
             return _cmd_eval_generation(args) if args.eval_command == "generation" else _cmd_eval_perplexity(args)
         return handlers[args.command](args)

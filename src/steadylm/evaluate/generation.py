@@ -118,7 +118,8 @@ class GenerationEval:
     """One evaluation: set up, generate (with the cache), measure, write."""
 
     def __init__(self, backend: Backend, items: list[PromptItem], cfg: GenerationEvalConfig, out: str | Path,
-                 *, progress: bool = True, prompts_label: str | None = None):
+                 *, progress: bool = True, prompts_label: str | None = None, rank: int = 0, world_size: int = 1,
+                 shard_timeout: float = 24 * 3600.0):
         if not items:
             raise SteadyError("no prompts to evaluate")
         self.backend, self.items, self.cfg = backend, items, cfg
@@ -126,8 +127,18 @@ class GenerationEval:
         self.progress = progress
         self.prompts_label = prompts_label or cfg.prompts
         self.out.mkdir(parents=True, exist_ok=True)
-        self.cache = GenerationCache(self.out / "cache.jsonl")
+        self.rank, self.world = rank, world_size
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} is outside a world of {world_size} processes")
+        self.shard_timeout = shard_timeout
+        # rank 0 keeps the run's cache.jsonl; other ranks write their own file (no two writers)
+        self.cache = GenerationCache(self.out / ("cache.jsonl" if rank == 0 else f"cache.rank-{rank}.jsonl"))
         self._embedder = None
+        self._nli = None
+        if cfg.nli_model is not None:  # fail before generating anything, not after
+            from .contradiction import NLIScorer
+
+            self._nli = NLIScorer(cfg.nli_model)
 
     # ------------------------------------------------------------------ generation
     def _run(self, requests: list[Request], label: str) -> list[Generation]:
@@ -163,6 +174,38 @@ class GenerationEval:
                                             pid=f"{it.id}@turn{j}")))
         return out
 
+    # ------------------------------------------------------------------ data parallel
+    def _shard_token(self, requests: list[Request], rank: int) -> str:
+        h = hashlib.sha256()
+        for r in requests[rank::self.world]:
+            h.update(r.key(self.backend.identity).encode())
+        return h.hexdigest()
+
+    def _run_shard(self, requests: list[Request]) -> None:
+        """Data-parallel generation: rank ``r`` of ``w`` generates requests ``r, r+w, ...`` into
+        its own ``cache.rank-r.jsonl`` and leaves a marker naming exactly which requests it did;
+        rank 0 waits for every marker, reads every shard's cache, and measures as usual (every
+        generation is then a cache hit). Outputs equal a one-process run, since each request
+        is seeded on its own. No collective communication: it works under ``accelerate launch``
+        or ``torchrun`` (which set RANK and WORLD_SIZE) on one machine or a shared file system."""
+        shard = requests[self.rank::self.world]
+        self._run(shard, f"generating (rank {self.rank}/{self.world})")
+        marker = self.out / f"shard-{self.rank}-of-{self.world}.done"
+        write_text_atomic(marker, self._shard_token(requests, self.rank) + "\n")
+        if self.rank != 0:
+            return
+        deadline = time.time() + self.shard_timeout
+        for r in range(1, self.world):
+            m = self.out / f"shard-{r}-of-{self.world}.done"
+            want = self._shard_token(requests, r)
+            while not (m.is_file() and m.read_text().strip() == want):
+                if time.time() > deadline:
+                    raise SteadyError(f"rank {r} of {self.world} did not finish its shard within {self.shard_timeout:.0f} s "
+                                      f"(no {m.name} for this run); its finished generations are kept in "
+                                      f"{self.out / f'cache.rank-{r}.jsonl'}")
+                time.sleep(0.5)
+            self.cache.absorb(self.out / f"cache.rank-{r}.jsonl")
+
     # ------------------------------------------------------------------ metrics
     @property
     def embedder(self):
@@ -177,7 +220,12 @@ class GenerationEval:
         cfg = self.cfg
         main = self.main_requests()
         turns = self.turn_requests()
-        gens = self._run(main + [r for _, _, r in turns], "generating")
+        everything = main + [r for _, _, r in turns]
+        if self.world > 1:
+            self._run_shard(everything)
+            if self.rank != 0:
+                return {"rank": self.rank, "world_size": self.world, "generated": len(everything[self.rank::self.world])}
+        gens = self._run(everything, "generating")
         turn_gens = gens[len(main):]
         gens = gens[:len(main)]
         by_prompt: dict[str, dict[int, list[str]]] = {}
@@ -272,9 +320,7 @@ class GenerationEval:
             return {"measured": False, "reason": "no --nli-model given (SelfCheckGPT-NLI needs a local NLI model folder)"}
         if cfg.samples * len(cfg.seeds) < 2:
             return {"measured": False, "reason": "needs at least two samples per prompt"}
-        from .contradiction import NLIScorer
-
-        scorer = NLIScorer(cfg.nli_model)
+        scorer = self._nli
         vals = []
         for it, pp in zip(self.items, per_prompt):
             outs = [t for s in cfg.seeds for t in by_prompt[it.id][s]]

@@ -14,13 +14,17 @@ JSONL, one item a line (blank lines skipped)::
 
 ``builtin`` draws prompts from the held-out (validation) side of the built-in corpus, split exactly
 as ``steadylm train`` splits it: the opening words of a paragraph are the prompt and the words that
-follow are the reference, so a model trained by steadylm has never seen them.
+follow are the reference, so a model trained by steadylm has never seen them. ``builtin:NAME`` does
+the same for another built-in source; for source code (``builtin:stdlib-code``) a paragraph is a
+block between blank lines, and prompt and reference keep the block's own line breaks and
+indentation (counted in whitespace-separated words all the same).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +160,22 @@ def read_prompts_jsonl(path: str | Path) -> list[PromptItem]:
 
 
 _WS = re.compile(r"\s+")
+_NONSPACE = re.compile(r"\S+")
+
+#: built-in sources whose paragraphs are code: prompts keep their line breaks and indentation
+CODE_SOURCES = frozenset({"builtin:stdlib-code"})
+
+
+def _cut_code(block: str, prompt_words: int, reference_words: int) -> tuple[str, str] | None:
+    """A code block (dedented) cut after its ``prompt_words``-th word: (prompt, the next
+    ``reference_words`` words), both with the block's own whitespace; None when too short."""
+    block = textwrap.dedent(block.strip("\n")).rstrip()
+    spans = [m.span() for m in _NONSPACE.finditer(block)]
+    if len(spans) < prompt_words + reference_words // 2:
+        return None
+    end_prompt = spans[prompt_words - 1][1]
+    end_ref = spans[min(len(spans), prompt_words + reference_words) - 1][1]
+    return block[:end_prompt], block[end_prompt:end_ref].strip()
 
 
 def builtin_prompts(n: int = 32, *, prompt_words: int = 12, reference_words: int = 24,
@@ -167,15 +187,24 @@ def builtin_prompts(n: int = 32, *, prompt_words: int = 12, reference_words: int
     # some topics repeat paragraphs of others: a paragraph also found in a training document is
     # not held out, so it is skipped
     seen = " ".join(" ".join(train).split())
+    code = source in CODE_SOURCES
     items: list[PromptItem] = []
     for d, doc in enumerate(val):
         for p, para in enumerate(re.split(r"\n\s*\n", doc)):
-            words = _WS.split(para.strip())
-            if len(words) < prompt_words + reference_words // 2:
-                continue
-            prompt, ref = " ".join(words[:prompt_words]), " ".join(words[prompt_words:prompt_words + reference_words])
-            if f"{prompt} {ref}" in seen:
-                continue
+            if code:
+                cut = _cut_code(para, prompt_words, reference_words)
+                if cut is None:
+                    continue
+                prompt, ref = cut
+                if " ".join(f"{prompt} {ref}".split()) in seen:
+                    continue
+            else:
+                words = _WS.split(para.strip())
+                if len(words) < prompt_words + reference_words // 2:
+                    continue
+                prompt, ref = " ".join(words[:prompt_words]), " ".join(words[prompt_words:prompt_words + reference_words])
+                if f"{prompt} {ref}" in seen:
+                    continue
             items.append(PromptItem(id=f"{source.split(':', 1)[1]}-{d}-{p}", prompt=prompt, references=(ref,)))
     if not items:
         raise DataError(f"{source}: no held-out paragraph is long enough for a prompt")
@@ -192,7 +221,7 @@ def builtin_prompts(n: int = 32, *, prompt_words: int = 12, reference_words: int
 
 
 def load_prompts(spec: str, *, n_builtin: int = 32) -> list[PromptItem]:
-    """``builtin`` (or ``builtin:pydoc``) or a JSONL file."""
+    """``builtin`` (``builtin:pydoc``), another built-in source (``builtin:stdlib-code``), or a JSONL file."""
     if spec == "builtin" or spec.startswith("builtin:"):
         src = "builtin:pydoc" if spec == "builtin" else spec
         return builtin_prompts(n_builtin, source=src)

@@ -159,6 +159,28 @@ class GenerationCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def absorb(self, path: str | os.PathLike) -> int:
+        """Take in the entries of another cache file (a data-parallel rank's) and append them
+        to this one, so the run's cache.jsonl ends up holding everything. Returns how many."""
+        other = GenerationCache.__new__(GenerationCache)
+        other._entries = {}
+        other.path = Path(path)
+        n = 0
+        if other.path.exists():
+            with open(other.path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    if isinstance(obj, dict) and isinstance(obj.get("key"), str) and isinstance(obj.get("text"), str) \
+                            and obj["key"] not in self._entries:
+                        self._entries[obj["key"]] = obj
+                        self._fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+                        n += 1
+        self._fh.flush()
+        return n
+
     def get(self, key: str) -> dict[str, Any] | None:
         return self._entries.get(key)
 

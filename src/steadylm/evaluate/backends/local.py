@@ -76,7 +76,11 @@ class LocalBackend(Backend):
                 self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
             except Exception as e:
                 raise ModelError(f"{path}: cannot load the tokenizer ({type(e).__name__})") from None
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if device is None:  # one GPU per process under accelerate launch / torchrun
+            import os
+
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0)}" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
         self.model.to(self.device).eval()
         self.threads = threads
         tok = self.tokenizer
