@@ -249,8 +249,50 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--utility", default="chrf", choices=["chrf", "bleu"], help="MBR utility (default: chrf)")
     sel.add_argument("-o", "--out", default=None, metavar="FILE.jsonl", help="write the chosen outputs here (default: stdout)")
 
+    _add_report_args(sub)
     sub.add_parser("presets", help="list the model presets")
     return p
+
+
+def _add_report_args(sub: Any) -> None:
+    """``steadylm report`` and ``steadylm human export|import|judge``."""
+    rp = sub.add_parser("report", help="one self-contained HTML report (and a Markdown summary) over runs and results")
+    rp.add_argument("inputs", nargs="+", metavar="RUN_OR_RESULT",
+                    help="training run folders, demo folders, eval results folders or results.json, sweep.json, human.json, "
+                         "eval perplexity --json output")
+    rp.add_argument("-o", "--out", default="report.html", help="the HTML file to write (default: report.html)")
+    rp.add_argument("--md", default=None, metavar="FILE.md", help="also write a Markdown summary for pull requests")
+    rp.add_argument("--title", default=None, help="page title (default: steadylm report)")
+
+    hu = sub.add_parser("human", help="human ratings: a blinded rating page, joining the ratings, an LLM judge")
+    husub = hu.add_subparsers(dest="human_command", metavar="HUMAN", parser_class=_Parser)
+    husub.required = True
+    ex = husub.add_parser("export", help="write a static, offline rating page (blinded, shuffled) and its key file")
+    ex.add_argument("results", nargs="+", metavar="RESULTS_DIR", help="eval generation folders (one per model or setting)")
+    ex.add_argument("-o", "--out", default="ratings.html", help="the page to write (default: ratings.html; the key goes "
+                                                                "beside it as ratings.key.json)")
+    ex.add_argument("--per-prompt", type=int, default=1, help="outputs per prompt and folder (default: 1)")
+    ex.add_argument("--max-prompts", type=int, default=None, help="only the first N prompts of each folder (default: all)")
+    ex.add_argument("--seed", type=int, default=0, help="shuffling seed (default: 0)")
+    ex.add_argument("--title", default=None, help="page title")
+    im = husub.add_parser("import", help="join ratings files: means with CIs per model/setting, Krippendorff's alpha")
+    im.add_argument("files", nargs="+", metavar="RATINGS.json", help="files saved from the rating page")
+    im.add_argument("--key", required=True, metavar="KEY.json", help="the .key.json written beside the rating page")
+    im.add_argument("-o", "--out", default="human.json", help="where to write the joined ratings (default: human.json)")
+    im.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default: 1000)")
+    im.add_argument("--json", action="store_true", help="print human.json on stdout too")
+    jd = husub.add_parser("judge", help="the same rubric through an LLM judge on an OpenAI-compatible endpoint")
+    jd.add_argument("results", nargs="+", metavar="RESULTS_DIR", help="eval generation folders")
+    jd.add_argument("--judge", required=True, metavar="openai:URL#MODEL", help="the judge endpoint and model")
+    jd.add_argument("-o", "--out", default="human.json", help="where to write the ratings (default: human.json)")
+    jd.add_argument("--per-prompt", type=int, default=1, help="outputs per prompt and folder (default: 1)")
+    jd.add_argument("--max-prompts", type=int, default=None, help="only the first N prompts of each folder (default: all)")
+    jd.add_argument("--max-new-tokens", type=int, default=64, help="tokens the judge may answer with (default: 64)")
+    jd.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default: 1000)")
+    jd.add_argument("--concurrency", type=int, default=4, help="requests in flight (default: 4)")
+    jd.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key (default: OPENAI_API_KEY)")
+    jd.add_argument("--timeout", type=float, default=60.0, help="seconds per request before retrying (default: 60)")
+    jd.add_argument("--max-retries", type=int, default=6, help="retries on 429/5xx/timeouts (default: 6)")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -522,11 +564,62 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report.html import build_report
+
+    res = build_report(args.inputs, args.out, md=args.md, title=args.title)
+    print(res["html"])
+    if res["md"]:
+        print(res["md"])
+    return 0
+
+
+def _cmd_human(args: argparse.Namespace) -> int:
+    from .report import human
+
+    if args.human_command == "export":
+        res = human.export_ratings(args.results, args.out, per_prompt=args.per_prompt, seed=args.seed,
+                                   max_prompts=args.max_prompts, title=args.title)
+        print(f"{res['html']}: {res['items']} outputs from {len(res['systems'])} model(s)/setting(s), blinded and "
+              f"shuffled (export {res['export_id']}); key: {res['key']}")
+        return 0
+    if args.human_command == "import":
+        if args.bootstrap < 100:
+            raise SteadyError(f"--bootstrap must be >= 100 resamples, got {args.bootstrap}")
+        doc = human.import_ratings(args.files, args.key, out=args.out, bootstrap=args.bootstrap)
+    else:
+        if args.bootstrap < 100:
+            raise SteadyError(f"--bootstrap must be >= 100 resamples, got {args.bootstrap}")
+        doc = human.judge_outputs(args.results, args.judge, out=args.out, per_prompt=args.per_prompt,
+                                  max_prompts=args.max_prompts, max_new_tokens=args.max_new_tokens, bootstrap=args.bootstrap,
+                                  backend_options={"concurrency": args.concurrency, "api_key_env": args.api_key_env,
+                                                   "timeout": args.timeout, "max_retries": args.max_retries})
+    if getattr(args, "json", False):
+        print(json.dumps(doc, ensure_ascii=False))
+        return 0
+    for name, s in doc["systems"].items():
+        vals = "  ".join(f"{c} {s[c]['mean']:.2f}" if s[c]["mean"] is not None else f"{c} -"
+                         for c in human.CRITERIA + ("overall",))
+        print(f"{name}: {vals}  ({s['items']} items)")
+    ag = doc["agreement"]
+    if ag.get("measured") is False:
+        print(f"agreement: not measured ({ag['reason']})")
+    else:
+        print("Krippendorff's alpha (ordinal): " + "  ".join(
+            f"{c} {a['ordinal']:.3f}" if a.get("ordinal") is not None else f"{c} -" for c, a in ag.items()))
+    if doc["kind"] == "llm-judge":
+        print(f"rater: {doc['raters'][0]['name']} (LLM judge, not human); missing (unparsable) ratings: "
+              + ", ".join(f"{c} {n}" for c, n in doc["judge"]["missing"].items()))
+    print(args.out)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     handlers = {"train": _cmd_train, "demo": _cmd_demo, "presets": _cmd_presets, "plot": _cmd_plot, "compare": _cmd_compare,
                 "perturb": _cmd_perturb, "soup": _cmd_soup, "ensemble": _cmd_ensemble}
+    handlers.update(report=_cmd_report, human=_cmd_human)
     try:
         if args.command == "eval" and args.eval_command == "robustness":
             return _cmd_eval_robustness(args)

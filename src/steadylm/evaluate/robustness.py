@@ -71,7 +71,7 @@ from .. import __version__
 from ..errors import ConfigError, SteadyError
 from ..fsutil import write_json_atomic, write_text_atomic
 from .backends.base import Backend, DecodingSettings, Generation, GenerationCache, Request, generate_cached
-from .perturb import PERTURBATIONS, Composition, check_rate, compose, parse_kinds, perturb_item, rng_for
+from .perturb import Composition, check_rate, compose, parse_kinds, perturb_item, rng_for
 from .prompts import PromptItem
 
 #: kinds ``eval robustness`` applies when no ``--kinds`` is given (no model-backed kind: synonym loads MiniLM)
@@ -804,4 +804,4 @@ def print_robustness_summary(r: dict[str, Any], out: str | Path) -> None:
 
 
 __all__ = ["RobustnessConfig", "RobustnessEval", "performance_drop_rate", "worst_case", "print_robustness_summary",
-           "DEFAULT_KINDS", "CHAR_KINDS", "PDR_METRICS", "PERTURBATIONS"]
+           "DEFAULT_KINDS", "CHAR_KINDS", "PDR_METRICS"]
