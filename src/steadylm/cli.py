@@ -250,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("-o", "--out", default=None, metavar="FILE.jsonl", help="write the chosen outputs here (default: stdout)")
 
     _add_report_args(sub)
+    _add_sweep_args(sub)
     sub.add_parser("presets", help="list the model presets")
     return p
 
@@ -614,12 +615,119 @@ def _cmd_human(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sweep_args(sub: Any) -> None:
+    """``steadylm sweep`` (LR sensitivity / seed variance), ``sweep clip`` and ``sweep decoding``."""
+    from .study.sweep import DEFAULT_LRS, DEFAULT_PRESET, DEFAULT_SEEDS, DEFAULT_STEPS, DEFAULT_WORKERS
+
+    sw = sub.add_parser("sweep", help="LR sensitivity and seed variance of training recipes (and: sweep clip, sweep decoding)",
+                        description="Train every cell of recipes x learning rates x seeds x --set factors and measure "
+                                    "each recipe's LR sensitivity (Wortsman et al. 2023). Subcommands: clip, decoding.")
+    sw.add_argument("--recipes", default="baseline,stabilized",
+                    help="comma-separated built-in recipes (baseline, stabilized) or TOML files (default: baseline,stabilized)")
+    sw.add_argument("--lrs", default=",".join(f"{x:g}" for x in DEFAULT_LRS),
+                    help=f"comma-separated peak learning rates (default: {','.join(f'{x:g}' for x in DEFAULT_LRS)})")
+    sw.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help=f"comma-separated seeds (default: {','.join(map(str, DEFAULT_SEEDS))})")
+    sw.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"optimizer steps per run (default: {DEFAULT_STEPS})")
+    sw.add_argument("--preset", default=DEFAULT_PRESET, help=f"model size; 'stabilized' uses its -qknorm variant (default: {DEFAULT_PRESET})")
+    sw.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=f"runs in parallel; torch threads per run = cores // workers (default: {DEFAULT_WORKERS})")
+    sw.add_argument("--set", dest="sets", action="append", default=None, metavar="KEY=V1,V2",
+                    help="another grid factor or a fixed setting: any training option by its TOML path, "
+                         "e.g. optim.batch_size=8,16, model.dropout=0,0.1, clip.method=norm,zclip (repeatable)")
+    sw.add_argument("--executor", default="local", choices=["local", "ray"], help="worker processes here, or Ray tasks (default: local)")
+    sw.add_argument("--out", default=None, help="sweep folder (required); the same command again resumes it")
+    sw.add_argument("--json", action="store_true", help="print sweep.json on stdout instead of the table")
+    swsub = sw.add_subparsers(dest="sweep_command", metavar="{clip,decoding}", parser_class=_Parser)
+    swsub.required = False
+
+    from .study.clip import DEFAULT_CLIP_STEPS, DEFAULT_MAX_NORMS, DEFAULT_TOLERANCE
+
+    cl = swsub.add_parser("clip", help="short trainings over max_norm values; recommend a clipping threshold with evidence")
+    cl.add_argument("--max-norms", default=",".join(f"{x:g}" for x in DEFAULT_MAX_NORMS),
+                    help=f"comma-separated thresholds (default: {','.join(f'{x:g}' for x in DEFAULT_MAX_NORMS)})")
+    cl.add_argument("--steps", type=int, default=DEFAULT_CLIP_STEPS, help=f"optimizer steps per run (default: {DEFAULT_CLIP_STEPS})")
+    cl.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the training default)")
+    cl.add_argument("--seed", type=int, default=0, help="seed of the grid's runs (default: 0)")
+    cl.add_argument("--confirm-seed", type=int, default=None, help="seed of the confirmation run (default: --seed + 1)")
+    cl.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                    help=f"recommend the smallest max_norm whose loss is within this share of the best (default: {DEFAULT_TOLERANCE:g})")
+    cl.add_argument("--recipe", default="baseline", help="recipe for everything but the clipper (default: baseline)")
+    cl.add_argument("--preset", default=DEFAULT_PRESET, help=f"model size (default: {DEFAULT_PRESET})")
+    cl.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=f"runs in parallel (default: {DEFAULT_WORKERS})")
+    cl.add_argument("--set", dest="sets", action="append", default=None, metavar="KEY=VALUE",
+                    help="a fixed training option by its TOML path, e.g. optim.batch_size=8 (repeatable)")
+    cl.add_argument("--executor", default="local", choices=["local", "ray"], help="worker processes here, or Ray tasks (default: local)")
+    cl.add_argument("--out", required=True, help="sweep folder; the same command again resumes it")
+    cl.add_argument("--json", action="store_true", help="print clip_sweep.json on stdout instead of the table")
+
+    dc = swsub.add_parser("decoding", help="a temperature x top-p grid of eval generation: consistency vs diversity vs chrF")
+    dc.add_argument("--model", required=True, help="a local HF causal-LM folder, or openai:http://HOST:PORT/v1#MODEL_NAME")
+    dc.add_argument("--temperatures", default="0,0.7,1.0", help="comma-separated temperatures; 0 = greedy (default: 0,0.7,1.0)")
+    dc.add_argument("--top-ps", default="1.0,0.9", help="comma-separated top-p values (default: 1.0,0.9)")
+    dc.add_argument("--top-k", type=int, default=0, help="top-k for every cell (default: 0 = off)")
+    dc.add_argument("--prompts", default="builtin", help="a JSONL prompt file, or 'builtin' (default)")
+    dc.add_argument("--builtin-prompts", type=int, default=16, help="how many prompts 'builtin' draws (default: 16)")
+    dc.add_argument("--samples", type=int, default=4, help="K samples per prompt (default: 4; at least 2)")
+    dc.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    dc.add_argument("--max-new-tokens", type=int, default=32, help="tokens per sample (default: 32)")
+    dc.add_argument("--batch-size", type=int, default=64, help="local models: rows per generate call (default: 64)")
+    dc.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="local models (default: float32)")
+    dc.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    dc.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for confidence intervals (default: 1000)")
+    dc.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
+    dc.add_argument("--out", required=True, help="sweep folder; the same command again resumes from its caches")
+    dc.add_argument("--json", action="store_true", help="print decoding_sweep.json on stdout instead of the table")
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .study.grid import parse_floats, parse_ints, parse_sets
+
+    if args.sweep_command == "decoding":
+        from .study.decoding import print_decoding_sweep, run_decoding_sweep
+
+        if args.threads is not None and args.threads < 1:
+            raise SteadyError(f"--threads must be positive, got {args.threads}")
+        kw = {} if args.model.startswith("openai:") else dict(dtype=args.dtype, batch_size=args.batch_size, threads=args.threads,
+                                                              trust_remote_code=args.trust_remote_code)
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        res = run_decoding_sweep(args.model, args.out, temperatures=parse_floats(args.temperatures, "--temperatures", positive=False),
+                                 top_ps=parse_floats(args.top_ps, "--top-ps"), top_k=args.top_k, prompts=args.prompts,
+                                 n_builtin=args.builtin_prompts, samples=args.samples, seeds=parse_ints(args.seeds, "--seeds"),
+                                 max_new_tokens=args.max_new_tokens, bootstrap=args.bootstrap, backend_kw=kw,
+                                 progress=not args.json)
+        print(json.dumps(res, ensure_ascii=False)) if args.json else print_decoding_sweep(res, args.out)
+        return 0
+    if args.sweep_command == "clip":
+        from .study.clip import ClipSweep, print_clip_sweep
+
+        sweep = ClipSweep(out=args.out, max_norms=parse_floats(args.max_norms, "--max-norms"), steps=args.steps, preset=args.preset,
+                          lr=args.lr, seed=args.seed, confirm_seed=args.confirm_seed, tolerance=args.tolerance,
+                          recipe=args.recipe, workers=args.workers, executor=args.executor, settings=parse_sets(args.sets))
+        res = sweep.run()
+        print(json.dumps(res, ensure_ascii=False)) if args.json else print_clip_sweep(res, args.out)
+        return 0
+    from .study.sweep import LRSweep, print_sweep
+
+    if args.out is None:
+        raise SteadyError("sweep needs --out DIR")
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    sweep = LRSweep(out=args.out, recipes=recipes, lrs=parse_floats(args.lrs, "--lrs"), seeds=parse_ints(args.seeds, "--seeds"),
+                    steps=args.steps, preset=args.preset, workers=args.workers, factors=parse_sets(args.sets),
+                    executor=args.executor)
+    res = sweep.run()
+    print(json.dumps(res, ensure_ascii=False)) if args.json else print_sweep(res, args.out, seconds=sweep.seconds)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     handlers = {"train": _cmd_train, "demo": _cmd_demo, "presets": _cmd_presets, "plot": _cmd_plot, "compare": _cmd_compare,
                 "perturb": _cmd_perturb, "soup": _cmd_soup, "ensemble": _cmd_ensemble}
     handlers.update(report=_cmd_report, human=_cmd_human)
+    handlers.update(sweep=_cmd_sweep)
     try:
         if args.command == "eval" and args.eval_command == "robustness":
             return _cmd_eval_robustness(args)
