@@ -100,3 +100,40 @@ def test_fsdp2_matches_single_process(tmp_path, single):
         assert not err.exists(), f"{name} failed under FSDP2: {err.read_text()}"
     # every clipper reduces its DTensor statistics to the full value (steadylm.train.clip._full)
     assert_same_run(tmp_path, single, list(worker.RUNS))
+
+
+def test_steadylm_train_under_accelerate_launch(tmp_path):
+    """`accelerate launch -m steadylm train` on 2 CPU ranks equals one process on the same global
+    batch: same per-step losses, grad norms and ZClip thresholds, same final weights; only rank 0
+    writes the run folder."""
+    from safetensors.torch import load_file
+
+    common = ["train", "--preset", "nano", "--steps", "8", "--context", "32", "--vocab-size", "300",
+              "--batch-size", "4", "--clip", "zclip", "--zclip-warmup", "3", "--checkpoint-every", "4",
+              "--guard", "skip", "--threads", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore", STEADYLM_PROGRESS="0")
+    one = subprocess.run([sys.executable, "-m", "steadylm", *common, "--out", str(tmp_path / "one"), "--no-plots"],
+                         capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert one.returncode == 0, _tail(one)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), "-m", "steadylm", *common, "--out", str(tmp_path / "two"),
+           "--no-plots", "--json"]
+    two = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert two.returncode == 0, _tail(two)
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
+    assert two.stdout.count('"val_loss"') == 1  # one summary, from rank 0
+    read = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    a, b = read(tmp_path / "one"), read(tmp_path / "two")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 9))
+    for x, y in zip(a, b):
+        for k in ("loss", "grad_norm", "threshold"):
+            assert y[k] == pytest.approx(x[k], rel=1e-5), (k, x["step"])
+        assert x["clipped"] == y["clipped"]
+    wa = load_file(tmp_path / "one" / "model" / "model.safetensors")
+    wb = load_file(tmp_path / "two" / "model" / "model.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6, msg=k)
+    odd = subprocess.run(cmd[:-4] + ["--batch-size", "3", "--out", str(tmp_path / "odd"), "--no-plots"],
+                         capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert odd.returncode != 0 and "does not split evenly over 2 processes" in odd.stderr

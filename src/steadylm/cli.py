@@ -37,6 +37,7 @@ _TRAIN_FLAGS: list[tuple[str, str | None, str, Any]] = [
     ("--steps", None, "steps", int),
     ("--seed", None, "seed", int),
     ("--threads", None, "threads", int),
+    ("--device", None, "device", str),
     ("--eval-batch-size", None, "eval_batch_size", int),
     ("--lr", "optim", "lr", float),
     ("--min-lr-ratio", "optim", "min_lr_ratio", float),
@@ -314,6 +315,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = TrainConfig.from_dict(merge(base, _train_overrides(args)), origin=args.config or "flags")
         run = TrainingRun(cfg, overwrite=args.overwrite)
     summary = run.run()
+    if not run.dp.main:  # data-parallel: rank 0 reports for everyone
+        return 0
     if not args.no_plots:
         from .report.plots import plot_run
 
@@ -674,6 +677,7 @@ def _add_sweep_args(sub: Any) -> None:
     dc.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     dc.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for confidence intervals (default: 1000)")
     dc.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
+    dc.add_argument("--truncate-left", action="store_true", help="cut prompts longer than the context from the left instead of refusing")
     dc.add_argument("--out", required=True, help="sweep folder; the same command again resumes from its caches")
     dc.add_argument("--json", action="store_true", help="print decoding_sweep.json on stdout instead of the table")
 
@@ -687,7 +691,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if args.threads is not None and args.threads < 1:
             raise SteadyError(f"--threads must be positive, got {args.threads}")
         kw = {} if args.model.startswith("openai:") else dict(dtype=args.dtype, batch_size=args.batch_size, threads=args.threads,
-                                                              trust_remote_code=args.trust_remote_code)
+                                                              trust_remote_code=args.trust_remote_code,
+                                                              truncate_left=args.truncate_left)
         if args.threads:
             import torch
 

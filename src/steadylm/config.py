@@ -223,6 +223,7 @@ class TrainConfig:
     seed: int = _f(0, "seed for initialisation, data order and dropout")
     eval_batch_size: int = _f(16, "windows per batch in the final validation perplexity")
     threads: int | None = _f(None, "torch CPU threads (default: torch's choice)")
+    device: str | None = _f(None, "cpu, cuda or cuda:N (default: cuda when available, under accelerate launch cuda:LOCAL_RANK; else cpu)")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

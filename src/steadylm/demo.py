@@ -94,5 +94,13 @@ def run_demo(out: str = "runs/demo", steps: int | None = None) -> dict:
     console.print(f"model:       {stab['model']}  (load it with AutoModelForCausalLM.from_pretrained)")
     if plots:
         console.print(f"plots:       {plots[0]}  and {out_path}/*/plots/")
+    from .report.html import build_report
+
+    rep = build_report([out_path], out_path / "report.html", md=out_path / "summary.md", title="steadylm demo")
+    seconds = time.perf_counter() - t0
+    result["seconds"] = seconds
+    result["report"] = str(rep["html"])
+    (out_path / "demo.json").write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    console.print(f"report:      {rep['html']}  (one self-contained HTML page; Markdown summary {rep['md']})")
     console.print(f"demo finished in {seconds:.0f} s")
     return result

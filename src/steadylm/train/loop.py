@@ -47,6 +47,84 @@ def _fingerprint(docs: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
+class DataParallel:
+    """The ranks of a data-parallel ``steadylm train`` (``accelerate launch`` / ``torchrun`` set
+    RANK and WORLD_SIZE; one process is a world of one and none of this does anything).
+
+    Every rank holds the whole model and runs the same arithmetic on rows ``rank::world`` of the
+    same global batch; after the backward passes the gradients and the loss are averaged over the
+    ranks (an all-reduce), so every rank then holds the global gradient and the clipper, the guard,
+    the optimizer and the EMA take the same decisions everywhere - no broadcast of weights is ever
+    needed. Only rank 0 writes (run folder, metrics, checkpoints, model); the others wait for its
+    checkpoints at a barrier before they read one (a rollback or a resume). This is DDP's
+    arithmetic without its wrapper, which keeps the model's parameter names and hooks untouched."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        self.rank = int(os.environ.get("RANK", "0") or 0)
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        self.active = self.world > 1
+        self.dist = None
+        if self.active:
+            import torch
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+            self.dist = dist
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.dist is not None:
+            self.dist.barrier()
+
+    def mean_(self, tensors) -> None:
+        """Average tensors over the ranks, in place (gradients: one flat buffer, one all-reduce)."""
+        if self.dist is None:
+            return
+        import torch
+
+        tensors = [t for t in tensors if t is not None]
+        if not tensors:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        self.dist.all_reduce(flat)
+        flat.div_(self.world)
+        torch._foreach_copy_(tensors, [c.view_as(t) for c, t in zip(flat.split([t.numel() for t in tensors]), tensors)])
+
+    def agree(self, ok: bool) -> bool:
+        """True only if every rank says True (a failure on one rank stops all of them)."""
+        if self.dist is None:
+            return ok
+        import torch
+
+        t = torch.tensor([0 if ok else 1])
+        self.dist.all_reduce(t)
+        return int(t) == 0
+
+    def close(self) -> None:
+        if self.dist is not None and self.dist.is_initialized():
+            self.dist.barrier()
+            self.dist.destroy_process_group()
+            self.dist = None
+
+
+class _NoLogger:
+    """What ranks other than 0 log to."""
+
+    def log(self, record) -> None:
+        pass
+
+    def rewind(self, step) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def is_run_dir(path: Path) -> bool:
     return (path / "config.json").is_file() and (path / "run.json").is_file()
 
@@ -61,6 +139,9 @@ class TrainingRun:
         self.resuming = _resuming
         self.start_step = 0
         self.elapsed_before = 0.0
+        self.dp = DataParallel()
+        if not self.dp.main:
+            os.environ["STEADYLM_PROGRESS"] = "0"  # one progress bar, rank 0's
 
     @classmethod
     def resume(cls, run_dir: str | os.PathLike) -> "TrainingRun":
@@ -91,6 +172,10 @@ class TrainingRun:
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        self.device = self._device(cfg.device)
+        if cfg.optim.batch_size % self.dp.world:
+            raise ConfigError(f"--batch-size {cfg.optim.batch_size} does not split evenly over {self.dp.world} processes "
+                              "(each rank takes an equal share of every batch)")
         if not self.resuming and self.out.exists() and any(self.out.iterdir()):
             if not self.overwrite:
                 hint = "use --resume to continue it" if is_run_dir(self.out) else "choose an empty folder"
@@ -130,7 +215,7 @@ class TrainingRun:
                 seed=cfg.seed, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                 overrides=mcfg.overrides,
             )
-        self.model = model
+        self.model = model.to(self.device)
         self.model.train()
         groups = param_groups(model, cfg.optim.weight_decay, decay_embeddings=cfg.optim.decay_embeddings)
         self.decayed = groups[0]["params"]
@@ -146,6 +231,21 @@ class TrainingRun:
         self.data_offset = 0
         self.fired: set[str] = set()
         self.n_params = sum(p.numel() for p in model.parameters())
+
+    def _device(self, name: str | None):
+        import torch
+
+        if name is None:
+            if torch.cuda.is_available():
+                return torch.device(f"cuda:{self.dp.local_rank}" if self.dp.active else "cuda")
+            return torch.device("cpu")
+        try:
+            dev = torch.device(name)
+        except RuntimeError:
+            raise ConfigError(f"--device {name!r}: not a device (cpu, cuda, cuda:N)") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+        return dev
 
     @staticmethod
     def build_clipper(clip, model):
@@ -165,16 +265,19 @@ class TrainingRun:
         from .checkpoint import list_checkpoints, verify_checkpoint
 
         if not self.resuming:
-            if self.out.exists():
-                shutil.rmtree(self.out)  # only reached with --overwrite on a run folder
-            self.out.mkdir(parents=True)
-            self.tokenizer.save_pretrained(self.out / "tokenizer")
-            write_json_atomic(self.out / "config.json", self.cfg.to_dict())
-            write_json_atomic(self.out / "run.json", {
-                "steadylm": __version__, "torch": torch.__version__, "data_fingerprint": self.data_fingerprint,
-                "parameters": self.n_params, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            })
-            torch.manual_seed(self.cfg.seed)  # dropout RNG
+            if self.dp.main:
+                if self.out.exists():
+                    shutil.rmtree(self.out)  # only reached with --overwrite on a run folder
+                self.out.mkdir(parents=True)
+                self.tokenizer.save_pretrained(self.out / "tokenizer")
+                write_json_atomic(self.out / "config.json", self.cfg.to_dict())
+                write_json_atomic(self.out / "run.json", {
+                    "steadylm": __version__, "torch": torch.__version__, "data_fingerprint": self.data_fingerprint,
+                    "parameters": self.n_params, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "world_size": self.dp.world,
+                })
+            self.dp.barrier()
+            torch.manual_seed(self.cfg.seed + self.dp.rank)  # dropout RNG (each rank its own masks)
             return
 
         run = json.loads((self.out / "run.json").read_text(encoding="utf-8"))
@@ -182,7 +285,7 @@ class TrainingRun:
             raise CheckpointError(f"--resume {self.out}: the data in {self.cfg.data.source} changed since the run started")
         ckpts = list_checkpoints(self.out)
         if not ckpts:
-            torch.manual_seed(self.cfg.seed)
+            torch.manual_seed(self.cfg.seed + self.dp.rank)
             return  # killed before its first checkpoint: start again from step 0
         step, path = ckpts[-1]
         verify_checkpoint(path)
@@ -224,6 +327,15 @@ class TrainingRun:
             extra["clipper"] = self.clipper.state_dict()
         if self.ema is not None:
             extra["ema"] = [e.clone() for e in self.ema]
+        if not self.dp.main:
+            self.dp.barrier()  # wait until rank 0 has written it
+            return
+        self._save_checkpoint(step, seconds, samples, epoch, index, extra)
+        self.dp.barrier()
+
+    def _save_checkpoint(self, step, seconds, samples, epoch, index, extra) -> None:
+        from .checkpoint import save_checkpoint
+
         save_checkpoint(self.out, step, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer, keep=self.cfg.checkpoint.keep,
                         train_config=self.cfg.to_dict(), extra=extra,
                         state={"samples": samples, "data_position": {"epoch": epoch, "index": index},
@@ -274,7 +386,8 @@ class TrainingRun:
         for spec in cfg.guard.inject:  # a later spec for the same kind and step overrides an earlier one
             inj = parse_injection(spec)
             injections[(inj.kind, inj.step)] = inj
-        logger = MetricsLogger(self.out, resume_step=self.start_step if self.resuming else None)
+        logger = MetricsLogger(self.out, resume_step=self.start_step if self.resuming else None) if self.dp.main else _NoLogger()
+        dev, dp = self.device, self.dp
         model, opt, params = self.model, self.optimizer, [p for g in self.optimizer.param_groups for p in g["params"]]
         penalized = bool(cfg.optim.l2 or cfg.optim.l1)
         probe = AttentionProbe(model) if cfg.monitor_every else None
@@ -297,8 +410,8 @@ class TrainingRun:
                     lr = lr_at(step, cfg) * (fire["lr"].factor if "lr" in fire else 1.0)
                     for g in opt.param_groups:
                         g["lr"] = lr
-                    loss_sum = torch.zeros(())
-                    z_sum = torch.zeros(())
+                    loss_sum = torch.zeros((), device=dev)
+                    z_sum = torch.zeros((), device=dev)
                     first_sample = step * A * B + self.data_offset
                     watch = bool(cfg.monitor_every) and n % cfg.monitor_every == 0
                     if probe is not None:
@@ -306,6 +419,9 @@ class TrainingRun:
                     log_z = None
                     for micro in range(A):
                         x, y = self.data.batch(first_sample + micro * B, B)  # (B, T) each
+                        if dp.active:  # this rank's equal share of the global batch
+                            x, y = x[dp.rank::dp.world], y[dp.rank::dp.world]  # (B/world, T)
+                        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                         logits = model(input_ids=x, use_cache=False).logits  # (B, T, V)
                         flat = logits.reshape(-1, logits.size(-1)).float()  # (B*T, V)
                         loss = F.cross_entropy(flat, y.reshape(-1))
@@ -323,6 +439,8 @@ class TrainingRun:
                             total = total + penalty
                         total.backward()
                         loss_sum += loss.detach()
+                    if dp.active:  # the global gradient and loss on every rank
+                        dp.mean_([p.grad for p in params] + [loss_sum, z_sum])
                     if "spike" in fire:
                         for p in params:
                             if p.grad is not None:
@@ -387,6 +505,8 @@ class TrainingRun:
                         self._checkpoint(n, self.elapsed_before + time.perf_counter() - t_start)
         except GuardStop as stop:
             logger.close()
+            if not self.dp.main:
+                raise
             write_json_atomic(self.out / "summary.json", {
                 "steps": cfg.steps, "stopped_at": step + 1, "stopped": str(stop),
                 "seconds": self.elapsed_before + time.perf_counter() - t_start, **self.incident_summary()})
@@ -395,7 +515,13 @@ class TrainingRun:
             logger.close()
             if probe is not None:
                 probe.close()
-        return self.finish(last_loss, time.perf_counter() - t_start)  # training time only
+        if not self.dp.main:
+            self.dp.close()  # rank 0 writes the model and evaluates it
+            return {"rank": self.dp.rank, "world_size": self.dp.world, "final_loss": last_loss}
+        try:
+            return self.finish(last_loss, time.perf_counter() - t_start)  # training time only
+        finally:
+            self.dp.close()
 
     # ------------------------------------------------------------------ finish
     def finish(self, last_loss: float, seconds: float) -> dict[str, Any]:
