@@ -437,9 +437,12 @@ class GenerationEval:
         res["greedy_repeat"] = {"unique_completions_mean": sum(uniq) / len(uniq), "unique_completions_max": max(uniq),
                                 "same_output_share": sum(same_g) / len(same_g)}
         res["same_seed_sampled"] = {"same_output_share": sum(same_s) / len(same_s), "decoding": sampled.as_dict()}
-        if self.backend.kind == "local":
+        if self.backend.kind in ("local", "ensemble"):
             res["batch_invariance"] = self._batch_invariance_local(items, greedy)
-            if cfg.environments:
+            if self.backend.kind == "ensemble":
+                res["environments"] = {"measured": False, "reason": "not implemented for ensembles; "
+                                                                    "evaluate the members, or compare two runs"}
+            elif cfg.environments:
                 res["environments"] = self._environments_local(items, greedy, [x.text for x in got[0::per]])
             else:
                 res["environments"] = {"measured": False, "reason": "turned off (--no-environments)"}
