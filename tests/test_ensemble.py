@@ -381,3 +381,22 @@ def test_latest_k_and_the_soup_command(short_run, tmp_path, capsys):
         latest_k(tmp_path / "empty-run", 1)
     assert not (tmp_path / "e").exists()
 
+
+
+def test_ensemble_perplexity(nano_model_dir, nano_b, tmp_path):
+    """`eval perplexity` scores an ensemble as one model: two copies of a model score exactly as it
+    does, and a probability-averaging ensemble is never worse than the geometric mean of its
+    members' perplexities (log of a mean >= mean of logs, token by token)."""
+    import math
+
+    from steadylm.evaluate.perplexity import evaluate_perplexity
+
+    docs = tmp_path / "d.txt"
+    docs.write_text("The for statement is used to iterate over the elements of a sequence. " * 3, encoding="utf-8")
+    a = evaluate_perplexity(str(nano_model_dir), str(docs), progress=False)
+    b = evaluate_perplexity(str(nano_b), str(docs), progress=False)
+    same = evaluate_perplexity(f"ensemble:{nano_model_dir},{nano_model_dir}", str(docs), progress=False)
+    assert same.token_perplexity == pytest.approx(a.token_perplexity, rel=1e-5)
+    ens = evaluate_perplexity(f"ensemble:{nano_model_dir},{nano_b}", str(docs), progress=False)
+    assert ens.token_perplexity <= math.sqrt(a.token_perplexity * b.token_perplexity) * (1 + 1e-6)
+    assert ens.signature != a.signature and "ensemble:prob" in ens.signature

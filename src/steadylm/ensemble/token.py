@@ -310,3 +310,35 @@ def parse_spec(spec: str) -> tuple[list[str], str]:
     if not paths:
         raise ConfigError(f"{spec!r}: name the members, as ensemble:DIR1,DIR2[#logprob]")
     return paths, mode
+
+
+class EnsembleLM:
+    """An `EnsembleBackend` seen as one causal LM for scoring: ``forward(input_ids).logits`` are
+    the combined log-probabilities ``(B, T, V)`` (mode ``prob``: log Σ w·p; ``logprob``: the
+    renormalised weighted mean of log-probabilities), so `compute_perplexity` scores an ensemble
+    exactly as it scores one model."""
+
+    def __init__(self, backend: "EnsembleBackend"):
+        self.backend = backend
+        self.training = False
+        self.config = backend.models[0].config
+
+    def parameters(self):
+        return self.backend.models[0].parameters()
+
+    def eval(self):
+        for m in self.backend.models:
+            m.eval()
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+    def __call__(self, input_ids, **_: Any):
+        import torch
+        from types import SimpleNamespace
+
+        with torch.inference_mode():
+            logits = [m(input_ids=input_ids, use_cache=False).logits for m in self.backend.models]  # K x (B, T, V)
+            z = self.backend.combine(logits)
+            return SimpleNamespace(logits=torch.log_softmax(z.float(), dim=-1))

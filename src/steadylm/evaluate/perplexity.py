@@ -182,8 +182,19 @@ def evaluate_perplexity(model_path: str, source: str, *, window: int | None = No
         if v is not None and v < 1:
             raise ConfigError(f"{name} must be positive, got {v}")
     corpus = load_documents(source)  # check the data before the (slower) model load
-    model = load_model(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
-    ctx = model_context(model.config)
+    if model_path.startswith("ensemble:"):  # a token-level ensemble scored as one model
+        from ..ensemble.token import EnsembleLM, parse_spec
+
+        paths, mode = parse_spec(model_path)
+        from ..ensemble.token import EnsembleBackend
+
+        ens = EnsembleBackend(paths, mode=mode, dtype=dtype, trust_remote_code=trust_remote_code)
+        model, ctx = EnsembleLM(ens), ens.context
+        lead, model_id = paths[0], ens.identity
+    else:
+        model = load_model(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        ctx = model_context(model.config)
+        lead, model_id = model_path, model_hash(model_path)
     if window is None:
         if ctx is None:
             raise ConfigError(f"{model_path}: the config gives no context length; pass --window")
@@ -192,8 +203,8 @@ def evaluate_perplexity(model_path: str, source: str, *, window: int | None = No
         raise ConfigError(f"--window {window} is larger than the model's context of {ctx} tokens")
     if stride is not None and stride > window:
         raise ConfigError(f"--stride {stride} is larger than --window {window}")
-    tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
-    settings = {"model": model_hash(model_path), "tok": tokenizer_signature(tokenizer), "dtype": dtype, "data": corpus.name,
+    tokenizer = load_tokenizer(lead, trust_remote_code=trust_remote_code)
+    settings = {"model": model_id, "tok": tokenizer_signature(tokenizer), "dtype": dtype, "data": corpus.name,
                 "special": "yes" if add_special_tokens else "no"}
     return compute_perplexity(model, tokenizer, corpus.documents, window=window, stride=stride,
                               batch_size=batch_size, progress=progress, settings=settings,
