@@ -629,10 +629,15 @@ def _add_sweep_args(sub: Any) -> None:
                     help="comma-separated built-in recipes (baseline, stabilized) or TOML files (default: baseline,stabilized)")
     sw.add_argument("--lrs", default=",".join(f"{x:g}" for x in DEFAULT_LRS),
                     help=f"comma-separated peak learning rates (default: {','.join(f'{x:g}' for x in DEFAULT_LRS)})")
-    sw.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help=f"comma-separated seeds (default: {','.join(map(str, DEFAULT_SEEDS))})")
+    seeds = ",".join(map(str, DEFAULT_SEEDS))
+    sw.add_argument("--seeds", default=seeds, help=f"comma-separated seeds (default: {seeds})")
     sw.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"optimizer steps per run (default: {DEFAULT_STEPS})")
-    sw.add_argument("--preset", default=DEFAULT_PRESET, help=f"model size; 'stabilized' uses its -qknorm variant (default: {DEFAULT_PRESET})")
-    sw.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=f"runs in parallel; torch threads per run = cores // workers (default: {DEFAULT_WORKERS})")
+    sw.add_argument("--preset", default=DEFAULT_PRESET,
+                    help=f"model size; 'stabilized' uses its -qknorm variant (default: {DEFAULT_PRESET})")
+    sw.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=f"runs in parallel (default: {DEFAULT_WORKERS})")
+    sw.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores // workers)")
+    sw.add_argument("--keep-run-checkpoints", action="store_true",
+                    help="keep each finished run's checkpoints/ folder (default: removed; model/ is always kept)")
     sw.add_argument("--set", dest="sets", action="append", default=None, metavar="KEY=V1,V2",
                     help="another grid factor or a fixed setting: any training option by its TOML path, "
                          "e.g. optim.batch_size=8,16, model.dropout=0,0.1, clip.method=norm,zclip (repeatable)")
@@ -656,6 +661,7 @@ def _add_sweep_args(sub: Any) -> None:
     cl.add_argument("--recipe", default="baseline", help="recipe for everything but the clipper (default: baseline)")
     cl.add_argument("--preset", default=DEFAULT_PRESET, help=f"model size (default: {DEFAULT_PRESET})")
     cl.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=f"runs in parallel (default: {DEFAULT_WORKERS})")
+    cl.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores // workers)")
     cl.add_argument("--set", dest="sets", action="append", default=None, metavar="KEY=VALUE",
                     help="a fixed training option by its TOML path, e.g. optim.batch_size=8 (repeatable)")
     cl.add_argument("--executor", default="local", choices=["local", "ray"], help="worker processes here, or Ray tasks (default: local)")
@@ -709,7 +715,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
         sweep = ClipSweep(out=args.out, max_norms=parse_floats(args.max_norms, "--max-norms"), steps=args.steps, preset=args.preset,
                           lr=args.lr, seed=args.seed, confirm_seed=args.confirm_seed, tolerance=args.tolerance,
-                          recipe=args.recipe, workers=args.workers, executor=args.executor, settings=parse_sets(args.sets))
+                          recipe=args.recipe, workers=args.workers, executor=args.executor, settings=parse_sets(args.sets),
+                          threads=args.threads)
         res = sweep.run()
         print(json.dumps(res, ensure_ascii=False)) if args.json else print_clip_sweep(res, args.out)
         return 0
@@ -720,7 +727,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     sweep = LRSweep(out=args.out, recipes=recipes, lrs=parse_floats(args.lrs, "--lrs"), seeds=parse_ints(args.seeds, "--seeds"),
                     steps=args.steps, preset=args.preset, workers=args.workers, factors=parse_sets(args.sets),
-                    executor=args.executor)
+                    executor=args.executor, threads=args.threads, keep_checkpoints=args.keep_run_checkpoints)
     res = sweep.run()
     print(json.dumps(res, ensure_ascii=False)) if args.json else print_sweep(res, args.out, seconds=sweep.seconds)
     return 0
