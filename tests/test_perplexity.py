@@ -154,3 +154,9 @@ def test_cli_errors(nano_model_dir, tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     r = run_cli("eval", "perplexity", "--model", str(tmp_path), "--data", str(data))
     assert r.returncode == 2 and "not a Hugging Face model folder" in r.stderr
+
+
+def test_diverged_model_reports_infinite_perplexity():
+    from steadylm.evaluate.perplexity import _exp
+
+    assert _exp(1.0) == pytest.approx(2.718281828) and _exp(1e6) == float("inf")

@@ -750,7 +750,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"steadylm: error: {e}\n")
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write("steadylm: interrupted; finished checkpoints are kept (continue with --resume)\n")
+        if args.command == "train":
+            sys.stderr.write("steadylm: interrupted; finished checkpoints are kept (continue with --resume)\n")
+        else:
+            sys.stderr.write("steadylm: interrupted; finished work is kept (run the same command again to resume)\n")
         return 130
 
 

@@ -96,6 +96,14 @@ def _signature(settings: dict) -> str:
     return "|".join(parts)
 
 
+def _exp(x: float) -> float:
+    """exp that says inf for a diverged model instead of raising OverflowError."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
 def compute_perplexity(model, tokenizer, documents: list[str], *, window: int, stride: int | None = None,
                        batch_size: int = 8, progress: bool = True, settings: dict | None = None,
                        add_special_tokens: bool = False) -> PerplexityResult:
@@ -153,9 +161,9 @@ def compute_perplexity(model, tokenizer, documents: list[str], *, window: int, s
     settings = dict(settings or {})
     settings.update(window=window, stride=stride)
     return PerplexityResult(
-        token_perplexity=math.exp(-total / n_tokens),
-        word_perplexity=math.exp(-total / n_words),
-        byte_perplexity=math.exp(-total / n_bytes),
+        token_perplexity=_exp(-total / n_tokens),
+        word_perplexity=_exp(-total / n_words),
+        byte_perplexity=_exp(-total / n_bytes),
         bits_per_byte=-total / n_bytes / math.log(2),
         loglikelihood=total,
         tokens=n_tokens,
