@@ -124,10 +124,11 @@ def load_model(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_
     if torch_dtype is None:
         raise ModelError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            p, config=config, local_files_only=True, trust_remote_code=trust_remote_code,
-            use_safetensors=True, dtype=torch_dtype,
-        )
+        with quiet_progress():  # steadylm draws its own bars; transformers' "Loading weights" is noise
+            model = AutoModelForCausalLM.from_pretrained(
+                p, config=config, local_files_only=True, trust_remote_code=trust_remote_code,
+                use_safetensors=True, dtype=torch_dtype,
+            )
     except Exception as e:
         raise ModelError(f"{path}: cannot load weights ({type(e).__name__}: {_first_line(e)})") from None
     return model
