@@ -127,3 +127,26 @@ def test_blocks_are_deterministic_and_cover_the_stream():
 def test_too_little_text_for_one_block():
     with pytest.raises(DataError, match="fewer than one block"):
         BlockDataset([[1, 2, 3]], context=8, seed=0, separator=0, name="tiny.txt")
+
+
+def test_degrade_documents_is_seeded_and_counted():
+    from collections import Counter
+
+    from steadylm.data.sources import degrade_documents
+
+    docs = [f"document number {i} with some words" for i in range(20)]
+    assert degrade_documents(docs) == docs
+    a = degrade_documents(docs, corrupt=0.25, duplicate=0.1, seed=3)
+    assert a == degrade_documents(docs, corrupt=0.25, duplicate=0.1, seed=3)
+    assert a != degrade_documents(docs, corrupt=0.25, duplicate=0.1, seed=4)
+    assert len(a) == 22
+    changed = [i for i in range(20) if a[i] != docs[i]]
+    assert len(changed) == 5 and all(Counter(a[i]) == Counter(docs[i]) for i in changed)  # same characters, shuffled
+
+
+def test_corrupt_fraction_is_validated():
+    from steadylm.config import DataConfig
+    from steadylm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--corrupt-fraction must be in"):
+        DataConfig(corrupt_fraction=1.5)

@@ -31,6 +31,8 @@ _TRAIN_FLAGS: list[tuple[str, str | None, str, Any]] = [
     ("--context", "data", "context", int),
     ("--vocab-size", "data", "vocab_size", int),
     ("--val-fraction", "data", "val_fraction", float),
+    ("--corrupt-fraction", "data", "corrupt_fraction", float),
+    ("--duplicate-fraction", "data", "duplicate_fraction", float),
     ("--preset", "model", "preset", str),
     ("--model", "model", "path", str),
     ("--dropout", "model", "dropout", float),

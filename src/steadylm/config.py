@@ -54,8 +54,13 @@ class DataConfig:
     val_fraction: float = _f(0.1, "share of documents held out for validation (split by document, deterministic)")
     context: int = _f(128, "tokens per training sequence")
     vocab_size: int = _f(4096, "vocabulary size of the byte-level BPE trained when no model folder is given")
+    corrupt_fraction: float = _f(0.0, "share of training documents turned to noise (characters shuffled, seeded) - a data-quality factor for sweeps; validation untouched")
+    duplicate_fraction: float = _f(0.0, "share of training documents repeated once more (seeded) - a data-quality factor for sweeps")
 
     def __post_init__(self) -> None:
+        for name, v in (("--corrupt-fraction", self.corrupt_fraction), ("--duplicate-fraction", self.duplicate_fraction)):
+            if not 0.0 <= v <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {v}")
         _positive("--context", self.context)
         _positive("--vocab-size", self.vocab_size)
         if self.vocab_size < 300:

@@ -180,3 +180,25 @@ def split_documents(corpus: Corpus, val_fraction: float) -> tuple[list[str], lis
     train = [d for i, d in enumerate(corpus.documents) if i not in val_idx]
     val = [d for i, d in enumerate(corpus.documents) if i in val_idx]
     return train, val
+
+
+def degrade_documents(docs: list[str], *, corrupt: float = 0.0, duplicate: float = 0.0, seed: int = 0) -> list[str]:
+    """A training set made worse on purpose, to measure how a recipe copes with bad data.
+
+    ``corrupt``: that share of the documents (chosen with ``seed``) has its characters shuffled -
+    the same characters, no structure left (noise a scraper lets through). ``duplicate``: that
+    share is appended once more (near-duplicate pages). Deterministic; the order of the untouched
+    documents is kept, so 0 and 0 return ``docs`` unchanged."""
+    import random
+
+    if not corrupt and not duplicate:
+        return list(docs)
+    rng = random.Random(f"degrade:{seed}")
+    n = len(docs)
+    out = list(docs)
+    for i in sorted(rng.sample(range(n), round(n * corrupt))):
+        chars = list(out[i])
+        rng.shuffle(chars)
+        out[i] = "".join(chars)
+    out += [out[i] for i in sorted(rng.sample(range(n), round(n * duplicate)))]
+    return out

@@ -163,7 +163,7 @@ class TrainingRun:
         import torch
 
         from ..data.packing import BlockDataset
-        from ..data.sources import load_documents, split_documents
+        from ..data.sources import degrade_documents, load_documents, split_documents
         from ..data.tokenizer import encode_documents, load_tokenizer, separator_id, train_bpe
         from ..models.presets import build_model, load_model, model_context
         from .regularize import param_groups
@@ -185,6 +185,9 @@ class TrainingRun:
 
         corpus = load_documents(cfg.data.source)
         train_docs, val_docs = split_documents(corpus, cfg.data.val_fraction)
+        # a data-quality factor: the training side only, so validation measures the harm
+        train_docs = degrade_documents(train_docs, corrupt=cfg.data.corrupt_fraction,
+                                       duplicate=cfg.data.duplicate_fraction, seed=cfg.seed)
         self.val_docs = val_docs
         self.data_fingerprint = _fingerprint(corpus.documents)
 
