@@ -39,6 +39,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/perplexity_vs_lmeval.py --repeats 3 --out benchmarks/out/perplexity_vs_lmeval.json
 	$(PY) benchmarks/train_overhead.py --out benchmarks/out/train_overhead.json
 	$(PY) benchmarks/clip_overhead.py --out benchmarks/out/clip_overhead.json
+	$(PY) benchmarks/generation_throughput.py --out benchmarks/out/generation_throughput.json
+	$(PY) benchmarks/ensemble_overhead.py --threads 1 --out benchmarks/out/ensemble_overhead.json
+	$(PY) benchmarks/perturb_speed.py --out benchmarks/out/perturb_speed.json
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info .pytest_cache
