@@ -166,3 +166,16 @@ def test_demo_runs_and_says_where_things_are(tmp_path):
     other.mkdir()
     (other / "notes.txt").write_text("keep")
     _one_line_error(run_cli("demo", "--out", str(other), "--steps", "2"), "holds no earlier demo")
+
+
+def test_closed_pipe_is_not_a_traceback():
+    """`steadylm perturb --list | head -1`: the reader leaves early; no traceback on stderr."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "steadylm", "perturb", "--list"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()  # gone before steadylm writes anything
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err

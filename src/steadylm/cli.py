@@ -744,13 +744,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers.update(sweep=_cmd_sweep)
     try:
         if args.command == "eval" and args.eval_command == "robustness":
-            return _cmd_eval_robustness(args)
-        if args.command == "eval":
-            return _cmd_eval_generation(args) if args.eval_command == "generation" else _cmd_eval_perplexity(args)
-        return handlers[args.command](args)
+            rc = _cmd_eval_robustness(args)
+        elif args.command == "eval":
+            rc = _cmd_eval_generation(args) if args.eval_command == "generation" else _cmd_eval_perplexity(args)
+        else:
+            rc = handlers[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the try, not at interpreter exit
+        return rc
     except SteadyError as e:
         sys.stderr.write(f"steadylm: error: {e}\n")
         return 2
+    except BrokenPipeError:
+        # the reader went away (`steadylm perturb ... | head`): stop quietly, as cat does
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         if args.command == "train":
             sys.stderr.write("steadylm: interrupted; finished checkpoints are kept (continue with --resume)\n")
