@@ -37,10 +37,10 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from ..errors import ConfigError, ModelError
-from ..evaluate.backends.base import Backend, DecodingSettings, Generation, OnResult, Request
+from ..evaluate.backends.base import Backend, DecodingSettings, Request
 from ..evaluate.backends.local import LocalBackend, _RowSampler
 
 MODES = ("prob", "logprob")
@@ -231,38 +231,13 @@ class EnsembleBackend(Backend):
         return new, (torch.stack(kept, dim=1) if scores else None)
 
     # ------------------------------------------------------------------ generation
-    def generate(self, requests: Sequence[Request], on_result: OnResult | None = None,
-                 progress: Callable[[int], None] | None = None) -> list[Generation]:
-        import torch
+    def _finish(self, toks: list[int], max_new: int) -> tuple[str, int, str]:
+        return self.lead._finish(toks, max_new)
 
-        prev_threads = torch.get_num_threads()
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        try:
-            results: list[Generation | None] = [None] * len(requests)
-            encoded = [self.encode_prompt(self.render(r), r.settings.max_new_tokens, label=r.prompt_id) for r in requests]
-            groups: dict[DecodingSettings, list[int]] = {}
-            for i, r in enumerate(requests):
-                groups.setdefault(r.settings, []).append(i)
-            for settings, idx in groups.items():
-                # the same batching as LocalBackend: longest first, a prompt's samples together
-                idx = sorted(idx, key=lambda i: (-len(encoded[i]), requests[i].prompt_id, requests[i].sample))
-                for s in range(0, len(idx), self.batch_size):
-                    part = idx[s:s + self.batch_size]
-                    seeds = None if settings.greedy else [requests[i].stream_seed for i in part]
-                    new, _ = self._batch([encoded[i] for i in part], settings, seeds)
-                    for i, toks in zip(part, new):
-                        text, n, reason = self.lead._finish(toks, settings.max_new_tokens)
-                        results[i] = Generation(requests[i], text, n, reason)
-                        if on_result is not None:
-                            on_result(i, results[i])
-                    if progress is not None:
-                        progress(len(part))
-            return results  # type: ignore[return-value]
-        finally:
-            torch.set_num_threads(prev_threads)
+    # LocalBackend's batching (longest first, a prompt's samples together, per-row seeds, results
+    # and progress reported per batch); only `_batch`, the decoding of one batch, differs.
+    generate = LocalBackend.generate
 
-    # ------------------------------------------------------------------ analysis helpers
     def next_token_logprobs(self, texts: Sequence[str]) -> Any:
         """The ensemble's next-token log-probabilities after each text, ``(B, V)``, from one
         left-padded batch (normalised also for a single member)."""
