@@ -29,6 +29,20 @@ def run_cli(*args: str, timeout: float = 600, cwd: str | os.PathLike | None = No
                           timeout=timeout, env=env, cwd=cwd)
 
 
+def one_line_error(capsys, argv, fragment: str) -> str:
+    """Run ``steadylm ARGV`` in this process; it must exit 2 with one ``steadylm: error:`` line
+    holding ``fragment`` (and no traceback). Returns that line."""
+    from steadylm import cli
+
+    rc = cli.main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("steadylm: error:"), err
+    assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def pydoc_docs() -> list[str]:
     from steadylm.data.sources import load_documents

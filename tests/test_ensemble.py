@@ -277,7 +277,7 @@ def test_ensemble_select_command(tmp_path, capsys):
     _one_line(capsys, ["ensemble", "select", "--candidates", str(bad)], f"{bad}:2: item 'q2' has an empty candidate set")
     _one_line(capsys, ["ensemble", "select", "--candidates", str(tmp_path / "nope.jsonl")], "no such file")
     (tmp_path / "junk.jsonl").write_text("{oops\n")
-    _one_line(capsys, ["ensemble", "select", "--candidates", str(tmp_path / "junk.jsonl")], "junk.jsonl:1: not JSON")
+    _one_line(capsys, ["ensemble", "select", "--candidates", str(tmp_path / "junk.jsonl")], "junk.jsonl:1: not valid JSON")
 
 
 # --------------------------------------------------------------------------- soups

@@ -8,13 +8,14 @@ Thin on purpose: every command is a library call (`steadylm.train.loop.train`,
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any, Sequence
 
 from . import __version__
 from .config import CLIP_METHODS, GUARD_ACTIONS, SECTIONS, TrainConfig, help_of, load_config_file, merge
-from .errors import SteadyError
+from .errors import ConfigError, SteadyError
+from .fsutil import to_json
+from .runtime import check_threads, launch_ranks
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,6 +24,25 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"steadylm: error: {self.prog.removeprefix('steadylm').strip() + ': ' if self.prog != 'steadylm' else ''}{message}\n")
         sys.exit(2)
+
+
+def _timeout(text: str) -> float:
+    """``--timeout``: checked as the endpoint backend checks it, when the flag is parsed, so every
+    command refuses ``inf``, ``nan`` or 0 even where no endpoint is opened."""
+    from .evaluate.backends.openai import check_timeout
+
+    try:
+        return check_timeout(text)
+    except SteadyError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--timeout ")) from None  # argparse names the flag
+
+
+def _threads(text: str) -> int:
+    """The type of every ``--threads``: an integer from 1 to this machine's CPU count (`check_threads`)."""
+    try:
+        return check_threads(int(text) if text.strip().lstrip("+-").isdigit() else text, what="")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None  # argparse names the flag
 
 
 # flag, section (None = top level), field, type
@@ -38,7 +58,7 @@ _TRAIN_FLAGS: list[tuple[str, str | None, str, Any]] = [
     ("--dropout", "model", "dropout", float),
     ("--steps", None, "steps", int),
     ("--seed", None, "seed", int),
-    ("--threads", None, "threads", int),
+    ("--threads", None, "threads", _threads),
     ("--device", None, "device", str),
     ("--eval-batch-size", None, "eval_batch_size", int),
     ("--lr", "optim", "lr", float),
@@ -146,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--stride", type=int, default=None, help="new tokens scored per window (default: the window; smaller gives a sliding window)")
     ppl.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: 8)")
     ppl.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="compute dtype (default: float32)")
-    ppl.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ppl.add_argument("--threads", type=_threads, default=None, help="torch CPU threads (default: torch's choice)")
     ppl.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
     ppl.add_argument("--add-special-tokens", action="store_true",
                      help="encode documents with the tokenizer's special tokens, as lm-eval-harness >= 0.4.10 does "
@@ -170,11 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--nli-model", default=None, help="a local NLI sequence-classification folder: measures contradiction")
     gen.add_argument("--batch-size", type=int, default=64, help="local models: rows per generate call (default: 64)")
     gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="local models (default: float32)")
-    gen.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    gen.add_argument("--threads", type=_threads, default=None, help="torch CPU threads (default: torch's choice)")
     gen.add_argument("--truncate-left", action="store_true", help="cut prompts longer than the context from the left instead of refusing")
     gen.add_argument("--concurrency", type=int, default=8, help="endpoint: requests in flight (default: 8)")
     gen.add_argument("--api-key-env", default="OPENAI_API_KEY", help="endpoint: environment variable holding the key (default: OPENAI_API_KEY; local servers need none)")
-    gen.add_argument("--timeout", type=float, default=60.0, help="endpoint: seconds per request before retrying (default: 60)")
+    gen.add_argument("--timeout", type=_timeout, default=60.0, help="endpoint: seconds one request may take in all (connect, headers, body) before it is retried (default: 60)")
     gen.add_argument("--max-retries", type=int, default=6, help="endpoint: retries on 429/5xx/timeouts/garbage (default: 6)")
     gen.add_argument("--no-determinism", action="store_true", help="skip the determinism and batch-invariance checks")
     gen.add_argument("--no-environments", action="store_true", help="skip float32-vs-bfloat16 and thread-count checks")
@@ -208,11 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     rob.add_argument("--json", action="store_true", help="print results.json's summary as one JSON object on stdout")
     rob.add_argument("--batch-size", type=int, default=64, help="local models: rows per generate call (default: 64)")
     rob.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="local models (default: float32)")
-    rob.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    rob.add_argument("--threads", type=_threads, default=None, help="torch CPU threads (default: torch's choice)")
     rob.add_argument("--truncate-left", action="store_true", help="cut prompts longer than the context from the left instead of refusing")
     rob.add_argument("--concurrency", type=int, default=8, help="endpoint: requests in flight (default: 8)")
     rob.add_argument("--api-key-env", default="OPENAI_API_KEY", help="endpoint: environment variable holding the key (default: OPENAI_API_KEY)")
-    rob.add_argument("--timeout", type=float, default=60.0, help="endpoint: seconds per request before retrying (default: 60)")
+    rob.add_argument("--timeout", type=_timeout, default=60.0, help="endpoint: seconds one request may take in all (connect, headers, body) before it is retried (default: 60)")
     rob.add_argument("--max-retries", type=int, default=6, help="endpoint: retries on 429/5xx/timeouts/garbage (default: 6)")
     rob.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for confidence intervals (default: 1000)")
     rob.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
@@ -295,7 +315,7 @@ def _add_report_args(sub: Any) -> None:
     jd.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default: 1000)")
     jd.add_argument("--concurrency", type=int, default=4, help="requests in flight (default: 4)")
     jd.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key (default: OPENAI_API_KEY)")
-    jd.add_argument("--timeout", type=float, default=60.0, help="seconds per request before retrying (default: 60)")
+    jd.add_argument("--timeout", type=_timeout, default=60.0, help="seconds one request may take in all (connect, headers, body) before it is retried (default: 60)")
     jd.add_argument("--max-retries", type=int, default=6, help="retries on 429/5xx/timeouts (default: 6)")
 
 
@@ -314,7 +334,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.out is None:
             raise SteadyError("train needs --out DIR (or --resume DIR)")
         base = load_config_file(args.config) if args.config else {}
-        cfg = TrainConfig.from_dict(merge(base, _train_overrides(args)), origin=args.config or "flags")
+        cfg = TrainConfig.from_dict(merge(base, _train_overrides(args)), origin="flags")  # the file was checked as it was read
         run = TrainingRun(cfg, overwrite=args.overwrite)
     summary = run.run()
     if not run.dp.main:  # data-parallel: rank 0 reports for everyone
@@ -341,7 +361,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 def _print_summary(d: dict[str, Any], *, as_json: bool, title: str) -> None:
     if as_json:
-        print(json.dumps(d, ensure_ascii=False))
+        print(to_json(d))
         return
     from rich.console import Console
     from rich.table import Table
@@ -354,8 +374,6 @@ def _print_summary(d: dict[str, Any], *, as_json: bool, title: str) -> None:
 
 def _cmd_eval_perplexity(args: argparse.Namespace) -> int:
     if args.threads is not None:
-        if args.threads < 1:
-            raise SteadyError(f"--threads must be positive, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)
@@ -366,7 +384,7 @@ def _cmd_eval_perplexity(args: argparse.Namespace) -> int:
                               add_special_tokens=args.add_special_tokens)
     d = res.to_dict()
     if args.json:
-        print(json.dumps(d, ensure_ascii=False))
+        print(to_json(d))
     else:
         d.pop("settings")
         _print_summary(d, as_json=False, title=f"perplexity of {args.model} on {args.data}")
@@ -389,8 +407,7 @@ def _cmd_eval_generation(args: argparse.Namespace) -> int:
     from .evaluate.prompts import load_prompts
     from .evaluate.summary import print_generation_summary
 
-    if args.threads is not None and args.threads < 1:
-        raise SteadyError(f"--threads must be positive, got {args.threads}")
+    rank, world, _ = launch_ranks()  # before the model loads: a bad RANK is one line, at once
     cfg = GenerationEvalConfig(
         prompts=args.prompts, samples=args.samples, seeds=_parse_seeds(args.seeds), n_builtin=args.builtin_prompts,
         decoding=DecodingSettings(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
@@ -408,9 +425,6 @@ def _cmd_eval_generation(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         backend = open_backend(args.model, dtype=args.dtype, batch_size=args.batch_size, threads=args.threads,
                                trust_remote_code=args.trust_remote_code, truncate_left=args.truncate_left)
-    import os
-
-    rank, world = int(os.environ.get("RANK", "0") or 0), int(os.environ.get("WORLD_SIZE", "1") or 1)
     ev = GenerationEval(backend, items, cfg, args.out or "runs/eval-generation", progress=not args.json,
                         rank=rank, world_size=world)
     try:
@@ -422,7 +436,7 @@ def _cmd_eval_generation(args: argparse.Namespace) -> int:
         sys.stderr.write(f"rank {rank}/{world}: {results['generated']} generations in {ev.out}; rank 0 writes the results\n")
         return 0
     if args.json:
-        print(json.dumps({k: v for k, v in results.items() if k != "per_prompt"}, ensure_ascii=False))
+        print(to_json({k: v for k, v in results.items() if k != "per_prompt"}))
     else:
         print_generation_summary(results, ev.out)
     return 0
@@ -433,8 +447,6 @@ def _cmd_eval_robustness(args: argparse.Namespace) -> int:
     from .evaluate.prompts import load_prompts
     from .evaluate.robustness import DEFAULT_KINDS, RobustnessConfig, RobustnessEval, print_robustness_summary
 
-    if args.threads is not None and args.threads < 1:
-        raise SteadyError(f"--threads must be positive, got {args.threads}")
     cfg = RobustnessConfig(
         prompts=args.prompts, kinds=tuple(args.kinds.split(",")) if args.kinds is not None else DEFAULT_KINDS,
         rate=args.rate, seed=args.seed, samples=args.samples, n_builtin=args.builtin_prompts,
@@ -460,7 +472,7 @@ def _cmd_eval_robustness(args: argparse.Namespace) -> int:
         ev.close()
         backend.close()
     if args.json:
-        print(json.dumps({k: v for k, v in results.items() if k != "per_prompt"}, ensure_ascii=False))
+        print(to_json({k: v for k, v in results.items() if k != "per_prompt"}))
     else:
         print_robustness_summary(results, ev.out)
     return 0
@@ -472,7 +484,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     res = compare_runs(args.run_a, args.run_b)
     if args.json:
-        print(json.dumps(res, ensure_ascii=False))
+        print(to_json(res))
     else:
         print_comparison(res)
     return 0
@@ -507,30 +519,10 @@ def _cmd_perturb(args: argparse.Namespace) -> int:
     if args.rate is not None:
         check_rate(args.rate, "--rate")
     f = compose(args.kind, args.rate, args.seed)
-    from pathlib import Path
+    from .io import iter_lines
 
-    from .data.sources import _decode
-
-    if args.file == "-":
-        text = _decode(sys.stdin.buffer.read(), "<stdin>")
-    else:
-        path = Path(args.file)
-        if not path.exists():
-            raise SteadyError(f"{path}: no such file")
-        if path.is_dir():
-            raise SteadyError(f"{path}: is a folder; expected a text file")
-        try:
-            raw = path.read_bytes()
-        except OSError as e:
-            raise SteadyError(f"{path}: cannot read ({e.strerror})") from None
-        text = _decode(raw, str(path))
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the final newline ends the last line; it does not start another
-    out = []
-    for i, line in enumerate(lines):
-        line = line.removesuffix("\r")
-        out.append(f(line, i) if line else line)
+    # every line is read and perturbed before anything is written: a bad line prints nothing
+    out = [f(line, i - 1) if line else line for i, line in iter_lines(args.file, error=SteadyError)]
     sys.stdout.buffer.write("".join(s + "\n" for s in out).encode("utf-8"))
     sys.stdout.flush()
     return 0
@@ -549,10 +541,12 @@ def _cmd_soup(args: argparse.Namespace) -> int:
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:
     from .ensemble.select import select_file
-    from .fsutil import write_text_atomic
+    from .fsutil import check_out_file, write_text_atomic
 
+    if args.out:
+        check_out_file(args.out, "-o", inputs=[args.candidates])
     rows = select_file(args.candidates, method=args.method, utility=args.utility)
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    text = "".join(to_json(r) + "\n" for r in rows)
     if args.out:
         write_text_atomic(args.out, text)
         print(f"{len(rows)} chosen outputs -> {args.out}")
@@ -601,7 +595,7 @@ def _cmd_human(args: argparse.Namespace) -> int:
                                   backend_options={"concurrency": args.concurrency, "api_key_env": args.api_key_env,
                                                    "timeout": args.timeout, "max_retries": args.max_retries})
     if getattr(args, "json", False):
-        print(json.dumps(doc, ensure_ascii=False))
+        print(to_json(doc))
         return 0
     for name, s in doc["systems"].items():
         vals = "  ".join(f"{c} {s[c]['mean']:.2f}" if s[c]["mean"] is not None else f"{c} -"
@@ -637,7 +631,7 @@ def _add_sweep_args(sub: Any) -> None:
     sw.add_argument("--preset", default=DEFAULT_PRESET,
                     help=f"model size; 'stabilized' uses its -qknorm variant (default: {DEFAULT_PRESET})")
     sw.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=f"runs in parallel (default: {DEFAULT_WORKERS})")
-    sw.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores // workers)")
+    sw.add_argument("--threads", type=_threads, default=None, help="torch threads per run (default: cores // workers)")
     sw.add_argument("--keep-run-checkpoints", action="store_true",
                     help="keep each finished run's checkpoints/ folder (default: removed; model/ is always kept)")
     sw.add_argument("--set", dest="sets", action="append", default=None, metavar="KEY=V1,V2",
@@ -663,7 +657,7 @@ def _add_sweep_args(sub: Any) -> None:
     cl.add_argument("--recipe", default="baseline", help="recipe for everything but the clipper (default: baseline)")
     cl.add_argument("--preset", default=DEFAULT_PRESET, help=f"model size (default: {DEFAULT_PRESET})")
     cl.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=f"runs in parallel (default: {DEFAULT_WORKERS})")
-    cl.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores // workers)")
+    cl.add_argument("--threads", type=_threads, default=None, help="torch threads per run (default: cores // workers)")
     cl.add_argument("--set", dest="sets", action="append", default=None, metavar="KEY=VALUE",
                     help="a fixed training option by its TOML path, e.g. optim.batch_size=8 (repeatable)")
     cl.add_argument("--executor", default="local", choices=["local", "ray"], help="worker processes here, or Ray tasks (default: local)")
@@ -682,7 +676,7 @@ def _add_sweep_args(sub: Any) -> None:
     dc.add_argument("--max-new-tokens", type=int, default=32, help="tokens per sample (default: 32)")
     dc.add_argument("--batch-size", type=int, default=64, help="local models: rows per generate call (default: 64)")
     dc.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="local models (default: float32)")
-    dc.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    dc.add_argument("--threads", type=_threads, default=None, help="torch CPU threads (default: torch's choice)")
     dc.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for confidence intervals (default: 1000)")
     dc.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
     dc.add_argument("--truncate-left", action="store_true", help="cut prompts longer than the context from the left instead of refusing")
@@ -696,8 +690,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.sweep_command == "decoding":
         from .study.decoding import print_decoding_sweep, run_decoding_sweep
 
-        if args.threads is not None and args.threads < 1:
-            raise SteadyError(f"--threads must be positive, got {args.threads}")
         kw = {} if args.model.startswith("openai:") else dict(dtype=args.dtype, batch_size=args.batch_size, threads=args.threads,
                                                               trust_remote_code=args.trust_remote_code,
                                                               truncate_left=args.truncate_left)
@@ -710,7 +702,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                                  n_builtin=args.builtin_prompts, samples=args.samples, seeds=parse_ints(args.seeds, "--seeds"),
                                  max_new_tokens=args.max_new_tokens, bootstrap=args.bootstrap, backend_kw=kw,
                                  progress=not args.json)
-        print(json.dumps(res, ensure_ascii=False)) if args.json else print_decoding_sweep(res, args.out)
+        print(to_json(res)) if args.json else print_decoding_sweep(res, args.out)
         return 0
     if args.sweep_command == "clip":
         from .study.clip import ClipSweep, print_clip_sweep
@@ -720,7 +712,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                           recipe=args.recipe, workers=args.workers, executor=args.executor, settings=parse_sets(args.sets),
                           threads=args.threads)
         res = sweep.run()
-        print(json.dumps(res, ensure_ascii=False)) if args.json else print_clip_sweep(res, args.out)
+        print(to_json(res)) if args.json else print_clip_sweep(res, args.out)
         return 0
     from .study.sweep import LRSweep, print_sweep
 
@@ -731,7 +723,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                     steps=args.steps, preset=args.preset, workers=args.workers, factors=parse_sets(args.sets),
                     executor=args.executor, threads=args.threads, keep_checkpoints=args.keep_run_checkpoints)
     res = sweep.run()
-    print(json.dumps(res, ensure_ascii=False)) if args.json else print_sweep(res, args.out, seconds=sweep.seconds)
+    print(to_json(res)) if args.json else print_sweep(res, args.out, seconds=sweep.seconds)
     return 0
 
 
@@ -761,6 +753,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    except OSError as e:  # a last resort (a full disk, a read-only folder): the commands check what they can first
+        where = f"{e.filename}: " if e.filename else ""
+        sys.stderr.write(f"steadylm: error: {where}{e.strerror or e}\n")
+        return 2
     except KeyboardInterrupt:
         if args.command == "train":
             sys.stderr.write("steadylm: interrupted; finished checkpoints are kept (continue with --resume)\n")

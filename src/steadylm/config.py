@@ -16,18 +16,28 @@ TOML file given with ``--config``::
     max_norm = 1.0
 
 Precedence: dataclass defaults < ``--config`` file < command-line flags.
+
+Types are strict, checked against the annotations (`check_value`) wherever a config is built from
+a dict - a file, ``sweep --set``, a saved ``config.json``: ``trust_remote_code = "false"`` is a
+string, not a boolean, and is refused rather than read as truthy; ``steps = 3.5`` is not an integer.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import difflib
+import functools
 import math
+import re
+import reprlib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .runtime import check_threads
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -44,6 +54,94 @@ def _positive(name: str, value: float | None, *, allow_zero: bool = False) -> No
     if not ok or (isinstance(value, float) and not math.isfinite(value)):
         bound = "zero or more" if allow_zero else "positive"
         raise ConfigError(f"{name} must be {bound}, got {value!r}")
+
+
+#: the integers a config may hold: what torch, numpy and JSON readers elsewhere take (int64)
+INT_RANGE = (-(2**63), 2**63 - 1)
+#: seeds: torch's generators take < 2**64, and the data order multiplies the seed by ~1e6
+SEED_MAX = 2**32 - 1
+_KIND_NAMES = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "table", type(None): "none"}
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = _SHOW.maxother = 60
+_SHOW.maxlevel = 2
+
+
+def _kind_name(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_kind_name(a) for a in args)
+    if typing.get_origin(hint) is list and args:
+        return f"list of {_kind_name(args[0])}"
+    return _KIND_NAMES.get(typing.get_origin(hint) or hint, getattr(hint, "__name__", str(hint)))
+
+
+def _problem(value: Any, hint: Any) -> tuple[Any, Any, str] | None:
+    """(the offending value, what it should be, why) if ``value`` is not a ``hint``; else None."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    found = f"got {_KIND_NAMES.get(type(value), type(value).__name__)}"
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        problems = [_problem(value, a) for a in options]
+        if any(p is None for p in problems):
+            return None
+        if len(options) == 1 and problems[0][0] is value:  # name the whole union ("int or none")
+            return value, hint, problems[0][2]
+        return problems[0] if len(options) == 1 else (value, hint, found)
+    if (origin or hint) is list:
+        if not isinstance(value, list):
+            return value, hint, found
+        return next((p for p in (_problem(v, args[0]) for v in value) if p), None) if args else None
+    if (origin or hint) is dict:
+        return None if isinstance(value, dict) else (value, hint, found)
+    if hint in (bool, str):
+        return None if type(value) is hint else (value, hint, found)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return value, hint, found
+        lo, hi = INT_RANGE
+        return None if lo <= value <= hi else (value, hint, "outside -2**63 .. 2**63-1")
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return value, hint, found
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an int beyond any float
+            finite = False
+        return None if finite else (value, hint, "not finite")
+    return None if hint is Any or isinstance(value, hint) else (value, hint, found)
+
+
+def check_value(value: Any, hint: Any, where: str) -> None:
+    """Refuse ``value`` unless it is a ``hint`` (a field's annotation), strictly: a bool is not an
+    int, an int is not a str, a float is not an int; an int fits int64 and a float is finite (an
+    int is a fine float). ``X | None`` also takes None. ``where`` names the file and key."""
+    p = _problem(value, hint)
+    if p is not None:
+        bad, expected, why = p
+        raise ConfigError(f"{where}: {_SHOW.repr(bad)} is not a valid {_kind_name(expected)} ({why})")
+
+
+@functools.cache
+def field_types(cls: type) -> dict[str, Any]:
+    """The annotations of a config dataclass's fields, resolved (``int | None``, `DataConfig` ...)."""
+    return typing.get_type_hints(cls)
+
+
+def check_dict(cls: type, d: Any, origin: str) -> None:
+    """Refuse unknown keys and values whose type is not their field's annotation, naming ``origin``
+    (a file, ``--set``) and the TOML path: ``recipe.toml [optim] lr``. Tables recurse into sections."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{origin}: expected a table, got {_KIND_NAMES.get(type(d), type(d).__name__)}")
+    hints = field_types(cls)
+    for key, value in d.items():
+        if key not in hints:
+            raise ConfigError(f"{origin}: unknown key {key!r}; known: {', '.join(sorted(hints))}")
+        if dataclasses.is_dataclass(hints[key]):
+            check_dict(hints[key], value, f"{origin} [{key}]")
+        else:
+            check_value(value, hints[key], f"{origin} {key}")
 
 
 @dataclass
@@ -89,6 +187,28 @@ class ModelConfig:
                 raise ConfigError(f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.overrides:
+            if self.path is not None:
+                raise ConfigError("model.overrides apply to a --preset only; a --model folder keeps its own config")
+            self._check_overrides()
+
+    def _check_overrides(self) -> None:
+        """Each override names a field of the preset's transformers config and has the type of that
+        field's default, and a structural size is positive - before anything is built or trained."""
+        from .models.presets import SIZE_FIELDS, preset_config_defaults
+
+        preset = self.preset or "tiny"
+        cls_name, defaults = preset_config_defaults(preset)
+        for key, value in self.overrides.items():
+            where = f"model.overrides.{key}"
+            if key not in defaults:
+                close = difflib.get_close_matches(key, list(defaults), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"{where}: {cls_name} (preset {preset!r}) has no such field{hint}")
+            default = defaults[key]
+            check_value(value, _SCALAR if default is None else type(default), where)
+            if key in SIZE_FIELDS and value is not None and value < 1:
+                raise ConfigError(f"{where} must be positive, got {value}")
 
 
 @dataclass
@@ -122,6 +242,10 @@ class OptimConfig:
         for name, b in (("--beta1", self.beta1), ("--beta2", self.beta2)):
             if not 0.0 <= b < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {b}")
+
+
+#: what an override of a transformers field whose default is None may be
+_SCALAR = bool | int | float | str | None
 
 
 CLIP_METHODS = ("none", "norm", "value", "autoclip", "zclip", "agc")
@@ -184,6 +308,54 @@ class ClipConfig:
 
 
 GUARD_ACTIONS = ("off", "skip", "rollback")
+_INJECT = re.compile(r"^(nan)@(\d+)$|^(spike|lr)@(\d+):([0-9eE.+-]+)$")
+
+
+@dataclass(frozen=True)
+class Injection:
+    """One injected fault (``--inject``; see `steadylm.train.spikes`)."""
+
+    kind: str
+    step: int
+    factor: float = 1.0
+
+    @property
+    def spec(self) -> str:
+        return f"{self.kind}@{self.step}" if self.kind == "nan" else f"{self.kind}@{self.step}:{self.factor:g}"
+
+
+def parse_injection(spec: str) -> Injection:
+    """``nan@STEP``, ``spike@STEP:FACTOR`` or ``lr@STEP:FACTOR`` (steps count from 1)."""
+    m = _INJECT.match(spec.strip())
+    if not m:
+        raise ConfigError(f"--inject {spec!r} does not parse; use nan@STEP, spike@STEP:FACTOR or lr@STEP:FACTOR")
+    if m.group(1):
+        kind, step, factor = "nan", int(m.group(2)), 1.0
+    else:
+        kind, step = m.group(3), int(m.group(4))
+        try:
+            factor = float(m.group(5))
+        except ValueError:
+            raise ConfigError(f"--inject {spec!r}: FACTOR must be a number") from None
+        if not math.isfinite(factor) or factor <= 0:
+            raise ConfigError(f"--inject {spec!r}: FACTOR must be a positive finite number")
+    if step < 1:
+        raise ConfigError(f"--inject {spec!r}: STEP counts from 1")
+    return Injection(kind, step, factor)
+
+
+def check_guard(action: str, sigma: float, window: int, min_samples: int, max_consecutive: int) -> None:
+    """The settings of a `steadylm.train.spikes.SpikeGuard` (here so that config needs nothing from train)."""
+    if action not in GUARD_ACTIONS:
+        raise ConfigError(f"unknown --guard {action!r}; choose one of: {', '.join(GUARD_ACTIONS)}")
+    if not (sigma > 0 and math.isfinite(sigma)):
+        raise ConfigError(f"--guard-sigma must be positive, got {sigma}")
+    if window < 2:
+        raise ConfigError(f"--guard-window must be at least 2, got {window}")
+    if min_samples < 2:
+        raise ConfigError(f"--guard-min-samples must be at least 2, got {min_samples}")
+    if max_consecutive < 1:
+        raise ConfigError(f"--guard-max-consecutive must be positive, got {max_consecutive}")
 
 
 @dataclass
@@ -195,12 +367,10 @@ class GuardConfig:
     window: int = _f(128, "rolling window of steps for the spike statistics")
     min_samples: int = _f(20, "values needed in the window before spikes are judged")
     max_consecutive: int = _f(5, "stop the run after this many incidents in a row")
-    inject: list = _f([], "faults to inject for tests and demos: nan@STEP, spike@STEP:FACTOR, lr@STEP:FACTOR (repeatable)")
+    inject: list[str] = _f([], "faults to inject for tests and demos: nan@STEP, spike@STEP:FACTOR, lr@STEP:FACTOR (repeatable)")
 
     def __post_init__(self) -> None:
-        from .train.spikes import SpikeGuard, parse_injection
-
-        SpikeGuard(self.action, sigma=self.sigma, window=self.window, min_samples=self.min_samples, max_consecutive=self.max_consecutive)
+        check_guard(self.action, self.sigma, self.window, self.min_samples, self.max_consecutive)
         if not isinstance(self.inject, list):
             raise ConfigError("inject must be a list of specs like 'nan@10'")
         for spec in self.inject:
@@ -246,9 +416,10 @@ class TrainConfig:
             raise ConfigError(f"--ema must be in [0, 1), got {self.ema}")
         _positive("--steps", self.steps)
         _positive("--eval-batch-size", self.eval_batch_size)
-        _positive("--threads", self.threads)
-        if self.seed < 0:
-            raise ConfigError(f"--seed must be zero or more, got {self.seed}")
+        if self.threads is not None:
+            check_threads(self.threads)
+        if not 0 <= self.seed <= SEED_MAX:
+            raise ConfigError(f"--seed must be between 0 and {SEED_MAX} (2**32 - 1), got {self.seed}")
 
     @property
     def warmup_steps(self) -> int:
@@ -261,45 +432,31 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, origin: str = "config") -> "TrainConfig":
-        return _build(cls, d, origin)
+        """Build from a dict (a file, ``--set`` overrides, a saved ``config.json``), every key and
+        type checked first; ``origin`` names the source in errors."""
+        check_dict(cls, d, origin)
+        return _build(cls, d)
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "clip": ClipConfig, "checkpoint": CheckpointConfig,
             "guard": GuardConfig}
 
 
-def _build(cls: type, d: dict[str, Any], origin: str) -> Any:
-    if not isinstance(d, dict):
-        raise ConfigError(f"{origin}: expected a table, got {type(d).__name__}")
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in d.items():
-        if key not in names:
-            raise ConfigError(f"{origin}: unknown key {key!r}; known: {', '.join(sorted(names))}")
-        if cls is TrainConfig and key in SECTIONS:
-            kwargs[key] = _build(SECTIONS[key], value, f"{origin} [{key}]")
-        else:
-            kwargs[key] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as e:  # pragma: no cover - defensive
-        raise ConfigError(f"{origin}: {e}") from None
+def _build(cls: type, d: dict[str, Any]) -> Any:
+    """``cls`` from a dict `check_dict` accepted (sections built from their tables)."""
+    hints = field_types(cls)
+    return cls(**{k: _build(hints[k], v) if dataclasses.is_dataclass(hints[k]) else v for k, v in d.items()})
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML or JSON config file into a plain dict (validated later by `TrainConfig`)."""
+    """Read a TOML or JSON config file into a plain dict, its keys and types checked against
+    `TrainConfig` (errors name the file); the domains are checked when the config is built."""
+    from .io import MAX_JSON_DEPTH, json_depth, loads_json, read_text
+
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--config {path}: no such file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"--config {path}: not UTF-8 text") from None
+    text = read_text(p, error=ConfigError, what="--config")
     if p.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"--config {path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+        data = loads_json(text, f"--config {path}", error=ConfigError)
     else:
         try:
             import tomllib
@@ -309,8 +466,13 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"--config {path}: invalid TOML: {e}") from None
+        except RecursionError:  # tomllib recurses per level of nesting
+            data = None
+        if data is None or json_depth(data) > MAX_JSON_DEPTH:
+            raise ConfigError(f"--config {path}: TOML nested deeper than {MAX_JSON_DEPTH} levels; refused")
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a table at the top level")
+    check_dict(TrainConfig, data, str(path))
     return data
 
 

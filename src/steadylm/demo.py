@@ -14,13 +14,13 @@ folders and the stabilized model are. It is the README's first command and must 
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
 
 from .config import CheckpointConfig, ClipConfig, DataConfig, GuardConfig, ModelConfig, OptimConfig, TrainConfig
 from .errors import ConfigError
+from .fsutil import to_json
 
 DEMO_STEPS = 200
 FAULTS = ("spike@{a}:1000", "lr@{b}:1000")
@@ -89,7 +89,7 @@ def run_demo(out: str = "runs/demo", steps: int | None = None) -> dict:
     seconds = time.perf_counter() - t0
     stab = summaries["stabilized"]
     result = {"seconds": seconds, "summaries": summaries, "plots": [str(p) for p in plots]}
-    (out_path / "demo.json").write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    (out_path / "demo.json").write_text(to_json(result, indent=2, default=str) + "\n", encoding="utf-8")
     console.print(f"run folders: {out_path / 'baseline'}  {out_path / 'stabilized'}  (metrics.jsonl, checkpoints/, tensorboard/, summary.json)")
     console.print(f"model:       {stab['model']}  (load it with AutoModelForCausalLM.from_pretrained)")
     if plots:
@@ -100,7 +100,7 @@ def run_demo(out: str = "runs/demo", steps: int | None = None) -> dict:
     seconds = time.perf_counter() - t0
     result["seconds"] = seconds
     result["report"] = str(rep["html"])
-    (out_path / "demo.json").write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    (out_path / "demo.json").write_text(to_json(result, indent=2, default=str) + "\n", encoding="utf-8")
     console.print(f"report:      {rep['html']}  (one self-contained HTML page; Markdown summary {rep['md']})")
     console.print(f"demo finished in {seconds:.0f} s")
     return result

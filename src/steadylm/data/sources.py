@@ -17,19 +17,20 @@ Built-in sources (no download, present in every Python):
   domain-shift set for models trained on prose (``eval robustness --ood builtin:stdlib-code``).
 
 Every input is checked before any work starts: a missing path, an empty file or folder, NUL bytes,
-text that is not UTF-8, a JSONL line that is not a JSON object with a string ``text`` field - each
-is a `DataError` naming the file (and line).
+text that is not UTF-8, a JSONL line that is not a JSON object with a string ``text`` field, a FIFO
+or device instead of a file, an over-long line, JSON nested absurdly deep or holding lone surrogates
+- each is a `DataError` naming the file (and line); the reading itself is `steadylm.io`'s.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
+from ..io import iter_jsonl, read_text
 
 BUILTINS = ("builtin:pydoc", "builtin:stdlib-code")
 
@@ -100,36 +101,9 @@ def _stdlib_code() -> list[str]:
     return docs
 
 
-def _decode(raw: bytes, where: str) -> str:
-    nul = raw.find(b"\x00")
-    if nul >= 0:
-        raise DataError(f"{where}: binary data (NUL byte at offset {nul}), expected UTF-8 text")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{where}: not UTF-8 text (invalid byte 0x{raw[e.start]:02x} on line {line})") from None
-    return text.removeprefix("\ufeff")
-
-
-def _read_txt(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    return _decode(raw, str(path))
-
-
 def _read_jsonl(path: Path) -> list[str]:
-    text = _read_txt(path)
     docs: list[str] = []
-    for i, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    for i, obj in iter_jsonl(path):
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{i}: expected a JSON object with a 'text' field")
         if "text" not in obj:
@@ -152,11 +126,11 @@ def load_documents(source: str) -> Corpus:
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
             raise DataError(f"{source}: folder has no .txt files")
-        docs = [t for t in (_read_txt(p) for p in files) if t.strip()]
+        docs = [t for t in (read_text(p) for p in files) if t.strip()]
     elif path.suffix.lower() in (".jsonl", ".json"):
         docs = _read_jsonl(path)
     else:
-        text = _read_txt(path)
+        text = read_text(path)
         docs = [text] if text.strip() else []
     if not docs:
         raise DataError(f"{source}: empty (no non-blank text)")

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 from ..errors import ConfigError, DataError
 from ..evaluate.consistency import extract_answer
 from ..evaluate.reference import is_chinese, sacrebleu_metrics
+from ..io import iter_jsonl
 
 UTILITIES = ("chrf", "bleu")
 METHODS = ("vote", "mbr")
@@ -95,41 +96,32 @@ def read_candidates(path: str | os.PathLike) -> list[tuple[Any, list[str]]]:
     the lines ``{"prompt_id": ..., "text": ...}`` of a ``generations.jsonl`` (grouped by
     ``prompt_id``, in first-seen order)."""
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: no such file" if not p.exists() else f"{p}: is not a file")
     items: dict[Any, list[str]] = {}
     order: list[Any] = []
-    with open(p, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}:{n}: not JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{p}:{n}: expected a JSON object")
-            if "candidates" in obj:
-                key, cands = obj.get("id", n), obj["candidates"]
-                if not isinstance(cands, list) or not cands:
-                    raise ConfigError(f"{p}:{n}: item {key!r} has an empty candidate set")
-                if not all(isinstance(c, str) for c in cands):
-                    raise DataError(f"{p}:{n}: item {key!r}: candidates must be strings")
-                hk = json.dumps(key, sort_keys=True)
-                if hk in items:
-                    raise DataError(f"{p}:{n}: id {key!r} appears twice")
-                items[hk] = list(cands)
+    for n, obj in iter_jsonl(p):
+        if not isinstance(obj, dict):
+            raise DataError(f"{p}:{n}: expected a JSON object")
+        if "candidates" in obj:
+            key, cands = obj.get("id", n), obj["candidates"]
+            if not isinstance(cands, list) or not cands:
+                raise ConfigError(f"{p}:{n}: item {key!r} has an empty candidate set")
+            if not all(isinstance(c, str) for c in cands):
+                raise DataError(f"{p}:{n}: item {key!r}: candidates must be strings")
+            hk = json.dumps(key, sort_keys=True)
+            if hk in items:
+                raise DataError(f"{p}:{n}: id {key!r} appears twice")
+            items[hk] = list(cands)
+            order.append(key)
+        elif "prompt_id" in obj and isinstance(obj.get("text"), str):
+            key = obj["prompt_id"]
+            hk = json.dumps(key, sort_keys=True)
+            if hk not in items:
+                items[hk] = []
                 order.append(key)
-            elif "prompt_id" in obj and isinstance(obj.get("text"), str):
-                key = obj["prompt_id"]
-                hk = json.dumps(key, sort_keys=True)
-                if hk not in items:
-                    items[hk] = []
-                    order.append(key)
-                items[hk].append(obj["text"])
-            else:
-                raise DataError(f"{p}:{n}: expected {{\"id\", \"candidates\": [...]}} or a generations.jsonl line "
-                                f"with \"prompt_id\" and \"text\"")
+            items[hk].append(obj["text"])
+        else:
+            raise DataError(f"{p}:{n}: expected {{\"id\", \"candidates\": [...]}} or a generations.jsonl line "
+                            f"with \"prompt_id\" and \"text\"")
     if not order:
         raise ConfigError(f"{p}: no candidate sets (the file is empty)")
     return [(k, items[json.dumps(k, sort_keys=True)]) for k in order]

@@ -25,7 +25,6 @@ with ``AutoModelForCausalLM.from_pretrained``. A ``soup.json`` beside the weight
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path

@@ -10,11 +10,11 @@ were comparable at all (different prompts or decoding settings are flagged, not 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from ..io import iter_jsonl, read_json
 from .generation import first_divergence
 
 
@@ -26,18 +26,12 @@ def _load_run(path: str | Path) -> tuple[Path, dict[str, Any], dict[tuple[str, i
     for f in (res_path, gen_path):
         if not f.is_file():
             raise DataError(f"{path}: no {f.name} (expected a folder written by steadylm eval generation)")
-    try:
-        results = json.loads(res_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{res_path}: not valid JSON ({e})") from None
+    results = read_json(res_path)
     gens: dict[tuple[str, int, int], str] = {}
-    for i, line in enumerate(gen_path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
+    for i, o in iter_jsonl(gen_path):
         try:
-            o = json.loads(line)
             gens[(str(o["prompt_id"]), int(o["seed"]), int(o["sample"]))] = o["text"]
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError):
             raise DataError(f"{gen_path}:{i}: not a generation line (needs prompt_id, seed, sample, text)") from None
     return folder, results, gens
 

@@ -39,7 +39,7 @@ from typing import Any, Sequence
 
 from .. import __version__
 from ..errors import ConfigError, SteadyError
-from ..fsutil import write_json_atomic, write_text_atomic
+from ..fsutil import OutDir, to_json, write_json_atomic, write_text_atomic
 from .backends.base import Backend, DecodingSettings, Generation, GenerationCache, Request, generate_cached
 from .prompts import PromptItem
 
@@ -123,22 +123,26 @@ class GenerationEval:
         if not items:
             raise SteadyError("no prompts to evaluate")
         self.backend, self.items, self.cfg = backend, items, cfg
-        self.out = Path(out)
         self.progress = progress
         self.prompts_label = prompts_label or cfg.prompts
-        self.out.mkdir(parents=True, exist_ok=True)
         self.rank, self.world = rank, world_size
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank {rank} is outside a world of {world_size} processes")
         self.shard_timeout = shard_timeout
-        # rank 0 keeps the run's cache.jsonl; other ranks write their own file (no two writers)
-        self.cache = GenerationCache(self.out / ("cache.jsonl" if rank == 0 else f"cache.rank-{rank}.jsonl"))
         self._embedder = None
         self._nli = None
-        if cfg.nli_model is not None:  # fail before generating anything, not after
+        if cfg.nli_model is not None:  # fail before generating anything, and before --out is created
             from .contradiction import NLIScorer
 
             self._nli = NLIScorer(cfg.nli_model)
+        self._dir = OutDir(out, lock=rank == 0)  # data-parallel: rank 0 holds the folder for all ranks
+        self.out = self._dir.path
+        try:
+            # rank 0 keeps the run's cache.jsonl; other ranks write their own file (no two writers)
+            self.cache = GenerationCache(self.out / ("cache.jsonl" if rank == 0 else f"cache.rank-{rank}.jsonl"))
+        except BaseException:
+            self._dir.close()
+            raise
 
     # ------------------------------------------------------------------ generation
     def _run(self, requests: list[Request], label: str) -> list[Generation]:
@@ -552,13 +556,15 @@ class GenerationEval:
         lines = []
         for g in list(gens) + list(turn_gens):
             r = g.request
-            lines.append(json.dumps({"prompt_id": r.prompt_id, "seed": r.seed, "sample": r.sample, "text": g.text,
-                                     "finish_reason": g.finish_reason, "completion_tokens": g.completion_tokens,
-                                     "stream_seed": None if r.settings.greedy else r.stream_seed},
-                                    ensure_ascii=False))
+            lines.append(to_json({"prompt_id": r.prompt_id, "seed": r.seed, "sample": r.sample, "text": g.text,
+                                  "finish_reason": g.finish_reason, "completion_tokens": g.completion_tokens,
+                                  "stream_seed": None if r.settings.greedy else r.stream_seed}))
         write_text_atomic(self.out / "generations.jsonl", "\n".join(lines) + "\n")
         write_text_atomic(self.out / "prompts.jsonl",
-                          "\n".join(json.dumps(it.to_json(), ensure_ascii=False) for it in self.items) + "\n")
+                          "\n".join(to_json(it.to_json()) for it in self.items) + "\n")
 
     def close(self) -> None:
-        self.cache.close()
+        try:
+            self.cache.close()
+        finally:
+            self._dir.close()

@@ -22,15 +22,15 @@ indentation (counted in whitespace-separated words all the same).
 
 from __future__ import annotations
 
-import json
 import re
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data.sources import _decode, load_documents, split_documents
+from ..data.sources import load_documents, split_documents
 from ..errors import DataError
+from ..io import iter_jsonl
 
 ROLES = ("system", "user", "assistant")
 
@@ -130,25 +130,9 @@ def _item(obj: Any, where: str, line_no: int) -> PromptItem:
 
 
 def read_prompts_jsonl(path: str | Path) -> list[PromptItem]:
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder; expected a .jsonl prompt file")
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    text = _decode(raw, str(path))
     items: list[PromptItem] = []
     seen: dict[str, int] = {}
-    for i, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    for i, obj in iter_jsonl(path):
         item = _item(obj, f"{path}:{i}", i)
         if item.id in seen:
             raise DataError(f"{path}:{i}: duplicate id {item.id!r} (first on line {seen[item.id]})")

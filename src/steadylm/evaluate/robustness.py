@@ -69,7 +69,7 @@ from typing import Any, Sequence
 
 from .. import __version__
 from ..errors import ConfigError, SteadyError
-from ..fsutil import write_json_atomic, write_text_atomic
+from ..fsutil import OutDir, to_json, write_json_atomic, write_text_atomic
 from .backends.base import Backend, DecodingSettings, Generation, GenerationCache, Request, generate_cached
 from .perturb import Composition, check_rate, compose, parse_kinds, perturb_item, rng_for
 from .prompts import PromptItem
@@ -221,12 +221,16 @@ class RobustnessEval:
             raise SteadyError(f"--ood {cfg.ood}: no prompts")
         self.backend, self.items, self.cfg = backend, items, cfg
         self.ood_items = ood_items or []
-        self.out = Path(out)
         self.progress = progress
         self.prompts_label = prompts_label or cfg.prompts
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.cache = GenerationCache(self.out / "cache.jsonl")
         self.comps: dict[str, Composition] = {k: compose([k], r, cfg.seed) for k, r in cfg.rates.items()}
+        self._dir = OutDir(out)  # checked, created and locked only now that the settings are known good
+        self.out = self._dir.path
+        try:
+            self.cache = GenerationCache(self.out / "cache.jsonl")
+        except BaseException:
+            self._dir.close()
+            raise
         self._embedder = None
         self._ppl: dict[str, tuple[float, int, int] | None] = {}
         self._lines: list[dict[str, Any]] = []
@@ -377,7 +381,7 @@ class RobustnessEval:
                              "generations": self._gens, "from_cache": self._cached}
         results["elapsed_s"] = round(time.time() - t0, 2)
         write_text_atomic(self.out / "generations.jsonl",
-                          "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in self._lines))
+                          "".join(to_json(x) + "\n" for x in self._lines))
         write_json_atomic(self.out / "results.json", results)
         return results
 
@@ -717,7 +721,10 @@ class RobustnessEval:
         return sig
 
     def close(self) -> None:
-        self.cache.close()
+        try:
+            self.cache.close()
+        finally:
+            self._dir.close()
 
 
 # ----------------------------------------------------------------------------- terminal table

@@ -8,6 +8,7 @@ always written and read as safetensors; a folder's own code runs only with ``tru
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
@@ -44,6 +45,27 @@ PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
         "Llama-style, ~13 M parameters at vocab 4096",
     ),
 }
+
+
+#: transformers config fields that are sizes of the network: an override must be positive
+SIZE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+               "head_dim", "max_position_embeddings", "vocab_size", "max_window_layers", "sliding_window")
+
+
+@functools.cache
+def _config_defaults(cls_name: str) -> dict[str, Any]:
+    import transformers
+
+    return {k: v for k, v in getattr(transformers, cls_name)().to_dict().items() if not k.startswith("_")}
+
+
+def preset_config_defaults(preset: str) -> tuple[str, dict[str, Any]]:
+    """(transformers config class, its fields with their defaults) of a preset: what
+    ``model.overrides`` may set, and the type each must have."""
+    if preset not in PRESETS:
+        raise ModelError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    cls_name = PRESETS[preset][0]
+    return cls_name, _config_defaults(cls_name)
 
 
 def _dropout_fields(config) -> list[str]:

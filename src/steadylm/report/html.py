@@ -33,7 +33,8 @@ from typing import Any, Iterable, Sequence
 
 from .. import __version__
 from ..errors import SteadyError
-from ..fsutil import write_text_atomic
+from ..fsutil import check_out_file, write_text_atomic
+from ..io import iter_jsonl
 from .inputs import Input, collect_inputs
 
 __all__ = ["build_report", "SECTIONS"]
@@ -430,16 +431,7 @@ def _comparison(entries: list[tuple[str, dict[str, Any]]]) -> dict[str, Any] | N
 
 
 def _read_generations(folder: Path) -> list[dict[str, Any]]:
-    path = folder / "generations.jsonl"
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            out.append(obj)
-    return out
+    return [obj for _, obj in iter_jsonl(folder / "generations.jsonl", error=SteadyError) if isinstance(obj, dict)]
 
 
 def _worst_examples(inp: Input, kinds: Iterable[str], warnings: list[str], per_kind: int = 3) -> dict[str, list[dict[str, Any]]]:
@@ -723,9 +715,11 @@ def build_report(paths: Sequence[str | Path], out: str | Path, *, md: str | Path
     Returns ``{"html", "md", "warnings", "inputs"}``; warnings also go to stderr."""
     from .markdown import markdown_summary
 
+    out = check_out_file(out, "-o", inputs=paths)
+    if md is not None:
+        check_out_file(md, "--md", inputs=paths)
     ctx = build_context(paths, title=title)
     page = _env().get_template("report.html.j2").render(**ctx)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, page)
     if md is not None:

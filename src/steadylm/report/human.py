@@ -36,7 +36,8 @@ from typing import Any, Sequence
 
 from .. import __version__
 from ..errors import SteadyError
-from ..fsutil import write_json_atomic, write_text_atomic
+from ..fsutil import check_out_file, write_json_atomic, write_text_atomic
+from ..io import iter_jsonl, read_json, read_json_object_or_empty
 
 __all__ = ["CRITERIA", "RUBRIC", "export_ratings", "import_ratings", "judge_outputs", "parse_judgement",
            "load_outputs", "KEY_FORMAT", "RATINGS_FORMAT", "HUMAN_FORMAT"]
@@ -59,17 +60,7 @@ HUMAN_FORMAT = "steadylm-human/1"
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise SteadyError(f"{path}: cannot read ({e.strerror})") from None
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SteadyError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    for i, obj in iter_jsonl(path, error=SteadyError):
         if not isinstance(obj, dict):
             raise SteadyError(f"{path}:{i}: expected a JSON object")
         rows.append(obj)
@@ -108,11 +99,8 @@ def load_outputs(results_dir: str | Path, *, per_prompt: int = 1, max_prompts: i
                             "prompt": _prompt_text(by_id[pid]), "text": g["text"]})
     if not outputs:
         raise SteadyError(f"{gens}: no outputs for the prompts in {prompts.name}")
-    sig = ""
-    try:
-        sig = json.loads((d / "results.json").read_text(encoding="utf-8")).get("signature", {}).get("string", "")
-    except (OSError, ValueError, AttributeError):
-        pass
+    sig = read_json_object_or_empty(d / "results.json").get("signature", {})
+    sig = sig.get("string", "") if isinstance(sig, dict) else ""
     return {"signature": sig, "outputs": outputs}
 
 
@@ -142,8 +130,8 @@ def export_ratings(results_dirs: Sequence[str | Path], out: str | Path, *, per_p
     if not results_dirs:
         raise SteadyError("human export needs at least one eval generation folder")
     _check_counts(per_prompt, max_prompts)
-    out = Path(out)
-    key_path = out.with_name(out.stem + ".key.json")
+    out = check_out_file(out, "-o", inputs=results_dirs)
+    key_path = check_out_file(out.with_name(out.stem + ".key.json"), "-o (its key file)", inputs=results_dirs)
     labels = _labels(results_dirs)
     pool = []
     systems = {}
@@ -191,14 +179,7 @@ def _env():
 def _load_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise SteadyError(f"{path}: no such {what}")
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise SteadyError(f"{path}: not a {what} (not UTF-8 text)") from None
-    except json.JSONDecodeError as e:
-        raise SteadyError(f"{path}: not a {what} (invalid JSON at line {e.lineno}: {e.msg})") from None
-    except OSError as e:
-        raise SteadyError(f"{path}: cannot read ({e.strerror})") from None
+    obj = read_json(path, error=SteadyError, what=what)
     if not isinstance(obj, dict):
         raise SteadyError(f"{path}: not a {what} (expected a JSON object)")
     return obj
@@ -209,6 +190,14 @@ def _load_key(path: str | Path) -> dict[str, Any]:
     key = _load_json(path, "ratings key file")
     if key.get("format") != KEY_FORMAT or not isinstance(key.get("items"), dict) or not key.get("export_id"):
         raise SteadyError(f"{path}: not a ratings key (expected the .key.json that steadylm human export wrote)")
+    # a key edited by hand (or cut short) is named here, not met as a TypeError while joining
+    if not isinstance(key["export_id"], str):
+        raise SteadyError(f"{path}: malformed ratings key: 'export_id' must be a string")
+    if not isinstance(key.get("systems", {}), dict):
+        raise SteadyError(f"{path}: malformed ratings key: 'systems' must be an object")
+    for iid, item in key["items"].items():
+        if not isinstance(item, dict) or not isinstance(item.get("system"), str):
+            raise SteadyError(f"{path}: malformed ratings key: item {iid!r} has no 'system' name")
     return key
 
 
@@ -332,6 +321,8 @@ def import_ratings(files: Sequence[str | Path], key: str | Path, *, out: str | P
     """Join ratings files against their export's key; write and return ``human.json``'s content."""
     if not files:
         raise SteadyError("human import needs at least one ratings file")
+    if out is not None:
+        check_out_file(out, "-o", inputs=[*files, key])
     key_path = Path(key)
     k = _load_key(key_path)
     ratings: dict[str, dict[str, dict[str, int | None]]] = {}
@@ -418,6 +409,8 @@ def judge_outputs(results_dirs: Sequence[str | Path], judge: str, *, out: str | 
     if not judge.startswith("openai:"):
         raise SteadyError(f"--judge {judge!r}: expected openai:http://HOST:PORT/v1#MODEL (an OpenAI-compatible endpoint)")
     _check_counts(per_prompt, max_prompts)
+    if out is not None:
+        check_out_file(out, "-o", inputs=results_dirs)
     labels = _labels(results_dirs)
     pool, systems = [], {}
     for label, d in zip(labels, results_dirs):

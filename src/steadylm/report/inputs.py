@@ -24,13 +24,13 @@ them all. Anything else is a `SteadyError` that names the path.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import SteadyError
+from ..io import read_json, read_json_object_or_empty
 
 __all__ = ["Input", "collect_inputs", "detect", "version_of"]
 
@@ -58,22 +58,7 @@ class Input:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise SteadyError(f"{path}: not a steadylm result (not UTF-8 text); {_EXPECTED}") from None
-    except json.JSONDecodeError as e:
-        raise SteadyError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
-    except OSError as e:
-        raise SteadyError(f"{path}: cannot read ({e.strerror})") from None
-
-
-def _try_json(path: Path) -> dict[str, Any]:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return obj if isinstance(obj, dict) else {}
+    return read_json(path, error=SteadyError)
 
 
 def version_of(obj: Any) -> str | None:
@@ -103,9 +88,9 @@ def _sig_string(obj: dict[str, Any]) -> str:
 
 
 def _training(run_dir: Path, label: str | None = None) -> Input:
-    run = _try_json(run_dir / "run.json")
-    summary = _try_json(run_dir / "summary.json")
-    inp = Input(run_dir, "training", label or run_dir.name, data={"summary": summary, "config": _try_json(run_dir / "config.json"),
+    run = read_json_object_or_empty(run_dir / "run.json")
+    summary = read_json_object_or_empty(run_dir / "summary.json")
+    inp = Input(run_dir, "training", label or run_dir.name, data={"summary": summary, "config": read_json_object_or_empty(run_dir / "config.json"),
                                                                "run": run},
                 version=run.get("steadylm") if isinstance(run.get("steadylm"), str) else version_of({"signature": summary.get("val_signature")}),
                 signature=str(summary.get("val_signature") or ""))

@@ -21,13 +21,13 @@ yields steps and events, a last line cut by a kill is tolerated, and a corrupt l
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import SteadyError
+from ..io import iter_lines, loads_json, read_json_object_or_empty
 
 __all__ = ["plot_run", "plot_comparison", "INCIDENT_STYLES"]
 
@@ -59,18 +59,18 @@ class _Run:
         path = self.dir / "metrics.jsonl"
         if not path.is_file():
             raise SteadyError(f"{self.dir}: no metrics.jsonl in this folder; is it a training run folder?")
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        lines = list(iter_lines(path, error=SteadyError))
         steps: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
-        for i, line in enumerate(lines, 1):
+        for i, line in lines:
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
+                rec = loads_json(line, f"{path}:{i}", error=SteadyError)
+            except SteadyError:
                 if i == len(lines):
                     continue  # the last line of a killed run may be cut short
-                raise SteadyError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+                raise
             if not isinstance(rec, dict) or not isinstance(rec.get("step"), int) or isinstance(rec["step"], bool):
                 raise SteadyError(f"{path}:{i}: expected a JSON object with an integer 'step'")
             (events if "event" in rec else steps).append(rec)
@@ -80,8 +80,8 @@ class _Run:
         steps.sort(key=lambda r: r["step"])  # stable: file order within a step
         self.steps = steps
         self.events = events
-        self.summary = _read_json(self.dir / "summary.json")
-        self.config = _read_json(self.dir / "config.json")
+        self.summary = read_json_object_or_empty(self.dir / "summary.json")
+        self.config = read_json_object_or_empty(self.dir / "config.json")
 
     def has(self, key: str) -> bool:
         return any(key in r for r in self.steps)
@@ -134,15 +134,6 @@ class _Run:
         if _finite(s.get("val_perplexity")):
             parts.append(f"val ppl {s['val_perplexity']:.4g}")
         return " · ".join(parts)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``, or ``{}`` if it is missing or unreadable (only decoration)."""
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return obj if isinstance(obj, dict) else {}
 
 
 def _finite(v: Any) -> bool:

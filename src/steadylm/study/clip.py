@@ -37,6 +37,7 @@ from .. import __version__
 from ..config import TrainConfig, merge
 from ..errors import ConfigError
 from ..fsutil import write_json_atomic
+from ..runtime import check_threads
 from .grid import assign
 from .recipes import load_recipe
 from .sweep import DEFAULT_PRESET, DEFAULT_WORKERS, _clean, _finite, _slug, base_settings, check_existing, prepare_out, read_cell
@@ -141,8 +142,8 @@ class ClipSweep:
             raise ConfigError(f"--tolerance must be zero or more, got {self.tolerance}")
         if self.workers < 1:
             raise ConfigError(f"--workers must be positive, got {self.workers}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"--threads must be positive, got {self.threads}")
+        if self.threads is not None:
+            check_threads(self.threads)
         if self.seed < 0 or (self.confirm_seed is not None and self.confirm_seed < 0):
             raise ConfigError("--seed and --confirm-seed must be zero or more")
         varied = [k for k, v in self.settings.items() if len(v) > 1]
@@ -188,10 +189,13 @@ class ClipSweep:
                 "seconds": r["seconds"], "cell": cell.name}
 
     def run(self) -> dict[str, Any]:
+        with prepare_out(self.outp, "clip"):  # one sweep per folder, until it ends
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         from ..progress import make_progress
         from .executor import cell_done, execute, threads_per_worker
 
-        prepare_out(self.outp, "clip")
         check_existing(self.grid_cells, self.runs_dir)
         self.runs_dir.mkdir(exist_ok=True)
         threads = self.threads or threads_per_worker(self.workers)

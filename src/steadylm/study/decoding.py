@@ -102,43 +102,48 @@ def run_decoding_sweep(model: str, out: str, *, temperatures: Sequence[float] = 
     outp = Path(out)
     backend = open_backend(model, **(backend_kw or {}))
     try:
-        prepare_out(outp, "decoding")
-        write_json_atomic(outp / "plan.json", {"kind": "decoding", "steadylm": __version__, "model": model,
-                                               "cells": [c[0] for c in cells]})
-        from rich.console import Console
-
-        console = Console(stderr=True)
-        rows = []
-        t0 = time.perf_counter()
-        signature = None
-        for i, (name, t, p) in enumerate(cells, 1):
-            if progress and progress_enabled():
-                console.print(f"[bold]decoding sweep[/] {i}/{len(cells)}: temperature {t:g}, top-p {p:g}")
-            ev = GenerationEval(backend, items, configs[name], outp / "cells" / name, progress=progress)
-            try:
-                res = ev.run()
-            finally:
-                ev.close()
-            signature = signature or res["signature"]
-            rows.append({"cell": name, "temperature": t, "top_p": p, **cell_metrics(res),
-                         "results": str(outp / "cells" / name / "results.json"),
-                         "signature": res["signature"]["string"]})
-    finally:
+        lock = prepare_out(outp, "decoding")  # one sweep per folder, until it ends
+    except BaseException:
         backend.close()
-    sig = dict(signature or {})
-    sig.pop("decoding", None)
-    sig.pop("string", None)
-    sig.update(model=model, temperatures=list(temperatures), top_ps=list(top_ps), top_k=top_k,
-               max_new_tokens=max_new_tokens, determinism="not measured in a decoding sweep",
-               consistency="across the K samples of each prompt under the first seed",
-               reference="corpus chrF/BLEU of sample 0 of the first seed")
-    result = _clean({"cells": rows, "signature": sig, "factors": {"temperature": list(temperatures), "top_p": list(top_ps)},
-                     "seconds": time.perf_counter() - t0})
-    write_json_atomic(outp / "decoding_sweep.json", result)
-    from .plots import plot_decoding_sweep
+        raise
+    with lock:
+        try:
+            write_json_atomic(outp / "plan.json", {"kind": "decoding", "steadylm": __version__, "model": model,
+                                                   "cells": [c[0] for c in cells]})
+            from rich.console import Console
 
-    plot_decoding_sweep(result, outp / "decoding_sweep.png")
-    return result
+            console = Console(stderr=True)
+            rows = []
+            t0 = time.perf_counter()
+            signature = None
+            for i, (name, t, p) in enumerate(cells, 1):
+                if progress and progress_enabled():
+                    console.print(f"[bold]decoding sweep[/] {i}/{len(cells)}: temperature {t:g}, top-p {p:g}")
+                ev = GenerationEval(backend, items, configs[name], outp / "cells" / name, progress=progress)
+                try:
+                    res = ev.run()
+                finally:
+                    ev.close()
+                signature = signature or res["signature"]
+                rows.append({"cell": name, "temperature": t, "top_p": p, **cell_metrics(res),
+                             "results": str(outp / "cells" / name / "results.json"),
+                             "signature": res["signature"]["string"]})
+        finally:
+            backend.close()
+        sig = dict(signature or {})
+        sig.pop("decoding", None)
+        sig.pop("string", None)
+        sig.update(model=model, temperatures=list(temperatures), top_ps=list(top_ps), top_k=top_k,
+                   max_new_tokens=max_new_tokens, determinism="not measured in a decoding sweep",
+                   consistency="across the K samples of each prompt under the first seed",
+                   reference="corpus chrF/BLEU of sample 0 of the first seed")
+        result = _clean({"cells": rows, "signature": sig, "factors": {"temperature": list(temperatures), "top_p": list(top_ps)},
+                         "seconds": time.perf_counter() - t0})
+        write_json_atomic(outp / "decoding_sweep.json", result)
+        from .plots import plot_decoding_sweep
+
+        plot_decoding_sweep(result, outp / "decoding_sweep.png")
+        return result
 
 
 def print_decoding_sweep(result: dict[str, Any], out: str | Path) -> None:

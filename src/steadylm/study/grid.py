@@ -2,8 +2,9 @@
 
 ``--set`` takes any field of `TrainConfig` by its dotted TOML path - ``optim.batch_size``,
 ``model.dropout``, ``clip.method``, ``z_loss``, and ``model.overrides.FIELD`` for the preset's
-``transformers`` config (width, depth) - and converts each value to the field's own type, so a
-typo fails before anything trains, with the flag in the message.
+``transformers`` config (width, depth) - reads each value as TOML would and checks it against the
+field's type exactly as a config file is checked (`steadylm.config.check_value`), so a typo or a
+wrong type fails before anything trains, with the flag in the message.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import types
+import typing
 from typing import Any
 
-from ..config import SECTIONS, TrainConfig
+from ..config import SECTIONS, TrainConfig, check_value, field_types
 from ..errors import ConfigError
 
 #: fields the sweep itself sets per cell
@@ -54,52 +57,26 @@ def parse_ints(text: str, flag: str) -> tuple[int, ...]:
     return out
 
 
-def _kind(cls: type, name: str) -> tuple[str, bool]:
-    """The scalar kind of a dataclass field (``int``, ``float``, ``bool``, ``str``, ``list``, ``dict``) and
-    whether it may be None."""
-    f = {f.name: f for f in dataclasses.fields(cls)}[name]
-    ann = str(f.type).replace(" ", "")
-    parts = ann.split("|")
-    nullable = "None" in parts
-    for kind in ("bool", "int", "float", "str", "list", "dict"):
-        if kind in parts:
-            return kind, nullable
-    return "str", nullable  # pragma: no cover - every field is annotated with one of those
-
-
-def _auto(text: str) -> Any:
+def _literal(text: str, hint: Any) -> Any:
+    """A ``--set`` value as a TOML file would hold it: ``true``/``false``, an integer, a number,
+    ``none``/``null`` (None), else the text. A field that takes text keeps the text as typed; a float
+    field turns an integer into a float (``0`` -> ``0.0``), as a flag would."""
+    text = text.strip()
     low = text.lower()
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if low in ("none", "null") and type(None) in options:
+        return None
+    if str in options:
+        return text
     if low in ("true", "false"):
         return low == "true"
     for conv in (int, float):
         try:
-            return conv(text)
+            value = conv(text)
         except ValueError:
-            pass
+            continue
+        return float(value) if float in options and int not in options else value
     return text
-
-
-def _convert(text: str, kind: str, nullable: bool, where: str) -> Any:
-    low = text.strip().lower()
-    if nullable and low in ("none", "null"):
-        return None
-    try:
-        if kind == "bool":
-            if low in ("true", "1", "yes", "on"):
-                return True
-            if low in ("false", "0", "no", "off"):
-                return False
-            raise ValueError
-        if kind == "int":
-            return int(text)
-        if kind == "float":
-            v = float(text)
-            if not math.isfinite(v):
-                raise ValueError
-            return v
-    except ValueError:
-        raise ConfigError(f"{where}: {text!r} is not a valid {kind}") from None
-    return text.strip()
 
 
 def parse_set(spec: str) -> tuple[str, tuple[Any, ...]]:
@@ -131,18 +108,21 @@ def parse_set(spec: str) -> tuple[str, tuple[Any, ...]]:
         close = difflib.get_close_matches(name, fields, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"{where}: unknown field {name!r} in [{parts[0]}]{hint}")
-    kind, nullable = _kind(cls, name)
-    if kind == "dict":  # model.overrides.FIELD
+    ann = field_types(cls)[name]
+    if (typing.get_origin(ann) or ann) is dict:  # model.overrides.FIELD: checked against the preset's config
         if len(parts) != 3:
             raise ConfigError(f"{where}: give a field inside it, e.g. {key}.num_hidden_layers=2,4")
-        convert = _auto
+        ann = Any
     elif len(parts) > (2 if cls is not TrainConfig else 1):
         raise ConfigError(f"{where}: {'.'.join(parts[:2])} has no sub-fields")
-    elif kind == "list":
+    elif (typing.get_origin(ann) or ann) is list:
         raise ConfigError(f"{where}: {key} is a list and cannot be a sweep factor")
-    else:
-        def convert(t: str) -> Any:
-            return _convert(t, kind, nullable, where)
+
+    def convert(t: str) -> Any:
+        value = _literal(t, ann)
+        check_value(value, ann, where)
+        return value
+
     items = [x.strip() for x in values.split(",")]
     if not any(items) or any(x == "" for x in items):
         raise ConfigError(f"{where}: expected comma-separated values after '='")

@@ -59,8 +59,10 @@ from typing import Any, Sequence
 
 from .. import __version__
 from ..config import TrainConfig, merge
-from ..errors import ConfigError
-from ..fsutil import write_json_atomic
+from ..errors import ConfigError, SteadyError
+from ..fsutil import FolderLock, check_out_dir, finite, folder_contents, write_json_atomic
+from ..io import read_json, read_json_object_or_empty
+from ..runtime import check_threads
 from .grid import assign
 from .recipes import Recipe, load_recipes
 
@@ -176,30 +178,32 @@ def check_existing(cells: Sequence[Cell], runs_dir: Path) -> None:
         saved = runs_dir / c.name / "config.json"
         if not saved.is_file():
             continue
-        try:
-            old = json.loads(saved.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        old = read_json_object_or_empty(saved)
+        if not old:
             continue  # a half-written folder: the executor starts it again
         if _comparable(old) != _comparable(json.loads(json.dumps(c.config))):
             raise ConfigError(f"--out {runs_dir.parent}: cell {c.name} was trained with other settings "
                               f"({_first_difference(json.loads(json.dumps(c.config)), old)}); choose another --out")
 
 
-def prepare_out(out: Path, kind: str) -> None:
-    """Create ``out`` or accept one this kind of sweep wrote; refuse any other non-empty folder."""
+def prepare_out(out: Path, kind: str) -> FolderLock:
+    """Create ``out`` or accept one this kind of sweep wrote; refuse any other non-empty folder.
+    Returns the folder's lock, held: the caller releases it when the sweep ends."""
     plan = out / "plan.json"
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()):
+    check_out_dir(out)
+    lock = FolderLock(out)
+    if out.is_dir():
+        lock.acquire()  # before reading plan.json: another sweep may be writing it
+    if folder_contents(out):
         if not plan.is_file():
+            lock.release()
             raise ConfigError(f"--out {out}: folder is not empty and holds no steadylm sweep; choose another folder")
-        try:
-            old_kind = json.loads(plan.read_text(encoding="utf-8")).get("kind")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            old_kind = None
+        old_kind = read_json_object_or_empty(plan).get("kind")
         if old_kind != kind:
+            lock.release()
             raise ConfigError(f"--out {out}: holds a {old_kind or 'different'} sweep, not a {kind} sweep; choose another folder")
     out.mkdir(parents=True, exist_ok=True)
+    return lock.acquire()
 
 
 # --------------------------------------------------------------------------- reading results
@@ -217,9 +221,9 @@ def read_cell(run_dir: str | Path) -> dict[str, Any]:
 
     d = Path(run_dir)
     if (d / "summary.json").is_file():
-        summary = json.loads((d / "summary.json").read_text(encoding="utf-8"))
+        summary = read_json(d / "summary.json", error=SteadyError)
     else:  # a run the sweep had to close itself (see executor.run_cell)
-        summary = {"stopped": json.loads((d / CELL_STATUS).read_text(encoding="utf-8"))["reason"]}
+        summary = {"stopped": read_json(d / CELL_STATUS, error=SteadyError)["reason"]}
     steps = read_metrics(d)
     first = next((r for r in steps if r.get("step") == 1), None)
     init = first.get("loss") if first else None
@@ -315,15 +319,7 @@ def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _clean(x: Any) -> Any:
-    """NaN/Inf -> None, recursively, so sweep.json is strict JSON."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
+_clean = finite  # NaN/Inf -> None, so the returned result prints as strict JSON too
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -355,8 +351,8 @@ class LRSweep:
             raise ConfigError(f"--steps must be positive, got {self.steps}")
         if self.workers < 1:
             raise ConfigError(f"--workers must be positive, got {self.workers}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"--threads must be positive, got {self.threads}")
+        if self.threads is not None:
+            check_threads(self.threads)
         if self.executor not in EXECUTORS:
             raise ConfigError(f"unknown --executor {self.executor!r}; choose one of: {', '.join(EXECUTORS)}")
         if not self.lrs:
@@ -370,10 +366,13 @@ class LRSweep:
         self.runs_dir = self.outp / "runs"
 
     def run(self) -> dict[str, Any]:
+        with prepare_out(self.outp, "lr"):  # one sweep per folder, until it ends
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         from ..progress import make_progress
         from .executor import cell_done, execute, threads_per_worker
 
-        prepare_out(self.outp, "lr")
         check_existing(self.cells, self.runs_dir)
         self.runs_dir.mkdir(exist_ok=True)
         threads = self.threads or threads_per_worker(self.workers)
@@ -442,11 +441,9 @@ class LRSweep:
 
         fingerprint = None
         for c in self.cells:
-            try:
-                fingerprint = json.loads((self.runs_dir / c.name / "run.json").read_text(encoding="utf-8")).get("data_fingerprint")
+            fingerprint = read_json_object_or_empty(self.runs_dir / c.name / "run.json").get("data_fingerprint")
+            if fingerprint is not None:
                 break
-            except (OSError, ValueError):
-                continue
         base = base_settings(self.steps, self.preset, {k: v[0] for k, v in self.factors.items() if len(v) == 1})
         sig = {
             "steadylm": __version__,

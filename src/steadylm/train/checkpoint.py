@@ -22,15 +22,15 @@ one. Old checkpoints beyond ``keep`` are deleted after the new one is in place.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DataError, SteadyError
 from ..fsutil import fsync_dir, write_json_atomic
+from ..io import read_json
 
 _STEP = re.compile(r"^step-(\d+)$")
 
@@ -78,17 +78,54 @@ def _restore_host_rng_state(d: dict[str, Any]) -> None:
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
+def _write_errors() -> tuple[type[BaseException], ...]:
+    """What a failed write raises: OSError, torch.save's RuntimeError, safetensors' own error."""
+    from safetensors import SafetensorError
+
+    return (OSError, RuntimeError, SafetensorError)
+
+
 def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model, tokenizer, optimizer, state: dict[str, Any], keep: int,
                     train_config: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
     """Write ``checkpoints/step-{step}`` atomically and prune to the newest ``keep``."""
-    import torch
-
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
     tmp = root / f"step-{step}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
+    try:
+        _write_checkpoint(tmp, step, model=model, tokenizer=tokenizer, optimizer=optimizer, state=state,
+                          train_config=train_config, extra=extra)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # the older checkpoints are untouched: nothing is pruned yet
+        if not isinstance(e, _write_errors()):
+            raise
+        # a full disk or a read-only folder; not a CheckpointError, which means "unusable checkpoint"
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines() or [type(e).__name__])[0]
+        raise SteadyError(f"cannot write checkpoint {final}: {reason}; the earlier checkpoints are kept "
+                          "(make room, then continue with --resume)") from None
+    old = None
+    if final.exists():  # a re-run of the same step after a resume: set the old one aside, then swap
+        old = root / f"step-{step}.old.tmp"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    fsync_dir(root)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    for _, old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob("step-*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def _write_checkpoint(tmp: Path, step: int, *, model, tokenizer, optimizer, state: dict[str, Any],
+                      train_config: dict[str, Any] | None, extra: dict[str, Any] | None) -> None:
+    """Every file of a checkpoint into ``tmp``, ``state.json`` (with the files' hashes) last."""
+    import torch
+
     from ..models.presets import quiet_progress
 
     with quiet_progress():
@@ -107,23 +144,16 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model, tokenizer, 
         write_json_atomic(tmp / "train_config.json", train_config)
     files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
     write_json_atomic(tmp / "state.json", {**state, "step": step, "files": files})
-    if final.exists():  # a re-run of the same step after a resume: replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    fsync_dir(root)
-    for _, old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob("step-*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
-    return final
 
 
 def verify_checkpoint(path: Path) -> dict[str, Any]:
     """Read ``state.json`` and check every file's size and hash; `CheckpointError` if anything is off."""
     try:
-        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        state = read_json(path / "state.json")
+    except DataError as e:
         raise CheckpointError(f"{path}: corrupt checkpoint (unreadable state.json: {e})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: corrupt checkpoint (state.json is not an object)")
     files = state.get("files")
     if not isinstance(files, dict) or "model.safetensors" not in files:
         raise CheckpointError(f"{path}: corrupt checkpoint (state.json lists no files)")
@@ -150,7 +180,7 @@ def load_training_state(path: Path, optimizer) -> tuple[dict[str, Any], dict[str
         raise CheckpointError(f"{path}: corrupt checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     torch.set_rng_state(rng["torch"])
     if (path / "rng_python.json").is_file():
-        _restore_host_rng_state(json.loads((path / "rng_python.json").read_text(encoding="utf-8")))
+        _restore_host_rng_state(read_json(path / "rng_python.json", error=CheckpointError))
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return state, extra

@@ -15,18 +15,18 @@ On CPU a run that is killed and resumed ends with weights bit-identical to one t
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from ..config import TrainConfig
-from ..errors import CheckpointError, ConfigError
-from ..fsutil import write_json_atomic
+from ..errors import CheckpointError, ConfigError, SteadyError
+from ..fsutil import FolderLock, check_out_dir, clear_folder, folder_contents, write_json_atomic
+from ..io import read_json, read_json_object_or_empty
+from ..runtime import launch_ranks, resolve_device
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -60,9 +60,7 @@ class DataParallel:
     arithmetic without its wrapper, which keeps the model's parameter names and hooks untouched."""
 
     def __init__(self) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-        self.rank = int(os.environ.get("RANK", "0") or 0)
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        self.rank, self.world, self.local_rank = launch_ranks()
         self.active = self.world > 1
         self.dist = None
         if self.active:
@@ -126,17 +124,24 @@ class _NoLogger:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "run.json").is_file()
+    """A folder ``steadylm train`` made. Its ``config.json`` (the run's `TrainConfig`) is the first
+    file written, so a run killed while its folder was being created counts too: `TrainingRun.resume`
+    starts it again from step 0 and ``--overwrite`` replaces it. A model folder's config.json is not
+    a TrainConfig, so ``--overwrite`` never takes one for a run."""
+    d = read_json_object_or_empty(path / "config.json")
+    return {"optim", "clip", "guard", "checkpoint"} <= d.keys()
 
 
 class TrainingRun:
     """One training run in one folder. ``TrainingRun(cfg).run()`` or ``TrainingRun.resume(dir).run()``."""
 
-    def __init__(self, cfg: TrainConfig, *, overwrite: bool = False, _resuming: bool = False):
+    def __init__(self, cfg: TrainConfig, *, overwrite: bool = False, _resuming: bool = False, _flag: str | None = None):
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.overwrite = overwrite
         self.resuming = _resuming
+        self.flag = _flag or ("--resume" if _resuming else "--out")
+        self.lock = FolderLock(self.out, self.flag)  # rank 0's, held from setup to the end of the run
         self.start_step = 0
         self.elapsed_before = 0.0
         self.dp = DataParallel()
@@ -149,13 +154,21 @@ class TrainingRun:
         if not d.is_dir():
             raise CheckpointError(f"--resume {run_dir}: no such folder")
         if not is_run_dir(d):
-            raise CheckpointError(f"--resume {run_dir}: no steadylm run here (no config.json and run.json)")
-        try:
-            raw = json.loads((d / "config.json").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"--resume {run_dir}: unreadable config.json ({e})") from None
+            raise CheckpointError(f"--resume {run_dir}: no steadylm run here (no config.json with training settings)")
+        raw = read_json(d / "config.json", error=CheckpointError)
         raw["out"] = str(d)
-        return cls(TrainConfig.from_dict(raw, origin=f"{d / 'config.json'}"), _resuming=True)
+        cores = os.cpu_count() or 1
+        if isinstance(raw.get("threads"), int) and not isinstance(raw["threads"], bool) and raw["threads"] > cores:
+            # started on a bigger machine: run with what is here (CPU results may then differ in the last bits)
+            import sys
+
+            sys.stderr.write(f"steadylm: note: the run used {raw['threads']} threads; this machine has {cores}, so it "
+                             f"continues with {cores}\n")
+            raw["threads"] = cores
+        cfg = TrainConfig.from_dict(raw, origin=f"{d / 'config.json'}")
+        if not (d / "run.json").is_file():  # killed while the folder was being created: start it again
+            return cls(cfg, overwrite=True, _flag="--resume")
+        return cls(cfg, _resuming=True)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -170,13 +183,16 @@ class TrainingRun:
         from .spikes import SpikeGuard
 
         cfg = self.cfg
+        check_out_dir(self.out, self.flag)
+        if self.out.is_dir() and (self.resuming or is_run_dir(self.out) or not folder_contents(self.out)):
+            self._hold_folder()  # at once, and before anything in the folder is removed (a foreign folder is refused below)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = self._device(cfg.device)
         if cfg.optim.batch_size % self.dp.world:
             raise ConfigError(f"--batch-size {cfg.optim.batch_size} does not split evenly over {self.dp.world} processes "
                               "(each rank takes an equal share of every batch)")
-        if not self.resuming and self.out.exists() and any(self.out.iterdir()):
+        if not self.resuming and folder_contents(self.out):
             if not self.overwrite:
                 hint = "use --resume to continue it" if is_run_dir(self.out) else "choose an empty folder"
                 raise ConfigError(f"--out {self.out}: folder is not empty; {hint}, or pass --overwrite")
@@ -236,19 +252,7 @@ class TrainingRun:
         self.n_params = sum(p.numel() for p in model.parameters())
 
     def _device(self, name: str | None):
-        import torch
-
-        if name is None:
-            if torch.cuda.is_available():
-                return torch.device(f"cuda:{self.dp.local_rank}" if self.dp.active else "cuda")
-            return torch.device("cpu")
-        try:
-            dev = torch.device(name)
-        except RuntimeError:
-            raise ConfigError(f"--device {name!r}: not a device (cpu, cuda, cuda:N)") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: CUDA is not available on this machine")
-        return dev
+        return resolve_device(name, local_rank=self.dp.local_rank if self.dp.active else None)
 
     @staticmethod
     def build_clipper(clip, model):
@@ -269,11 +273,14 @@ class TrainingRun:
 
         if not self.resuming:
             if self.dp.main:
-                if self.out.exists():
-                    shutil.rmtree(self.out)  # only reached with --overwrite on a run folder
-                self.out.mkdir(parents=True)
-                self.tokenizer.save_pretrained(self.out / "tokenizer")
+                if self.out.is_dir():  # holds a run only with --overwrite; the folder and its lock file stay
+                    clear_folder(self.out)
+                self.out.mkdir(parents=True, exist_ok=True)
+            self._hold_folder()
+            if self.dp.main:
+                # config.json first (from now on the folder is a run: resumable, overwritable), run.json last
                 write_json_atomic(self.out / "config.json", self.cfg.to_dict())
+                self.tokenizer.save_pretrained(self.out / "tokenizer")
                 write_json_atomic(self.out / "run.json", {
                     "steadylm": __version__, "torch": torch.__version__, "data_fingerprint": self.data_fingerprint,
                     "parameters": self.n_params, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -283,7 +290,7 @@ class TrainingRun:
             torch.manual_seed(self.cfg.seed + self.dp.rank)  # dropout RNG (each rank its own masks)
             return
 
-        run = json.loads((self.out / "run.json").read_text(encoding="utf-8"))
+        run = read_json(self.out / "run.json", error=CheckpointError)
         if run.get("data_fingerprint") != self.data_fingerprint:
             raise CheckpointError(f"--resume {self.out}: the data in {self.cfg.data.source} changed since the run started")
         ckpts = list_checkpoints(self.out)
@@ -296,6 +303,18 @@ class TrainingRun:
         self.start_step = step
         self.elapsed_before = float(state.get("seconds", 0.0))
         self.fired = set(state.get("fired", []))
+
+    def _hold_folder(self) -> None:
+        """Rank 0 locks the run folder (a no-op once held); every rank stops if it could not, so
+        none waits at a barrier for a rank 0 that has left."""
+        err = None
+        if self.dp.main:
+            try:
+                self.lock.acquire()
+            except SteadyError as e:
+                err = e
+        if not self.dp.agree(err is None):
+            raise err or ConfigError(f"{self.flag} {self.out}: rank 0 could not lock the folder")
 
     def _restore(self, path: Path) -> dict[str, Any]:
         """Load weights, optimizer, RNG and stateful pieces from a checkpoint folder."""
@@ -321,8 +340,6 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ train
     def _checkpoint(self, step: int, seconds: float) -> None:
-        from .checkpoint import save_checkpoint
-
         samples = step * self.cfg.optim.batch_size * self.cfg.optim.grad_accum + self.data_offset
         epoch, index = self.data.position(samples)
         extra: dict[str, Any] = {}
@@ -373,6 +390,12 @@ class TrainingRun:
 
     def run(self) -> dict[str, Any]:
         """Train to ``cfg.steps``, write the model and ``summary.json``, and return the summary."""
+        try:
+            return self._run()
+        finally:
+            self.lock.release()
+
+    def _run(self) -> dict[str, Any]:
         import torch
         import torch.nn.functional as F
 

@@ -9,13 +9,14 @@ told to purge later events, so every step appears exactly once however often the
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
-from ..fsutil import write_text_atomic
+from ..errors import DataError, SteadyError
+from ..fsutil import to_json, write_text_atomic
+from ..io import iter_jsonl, loads_json
 
 
 def truncate_metrics(path: Path, last_step: int, *, keep_events: bool = False) -> int:
@@ -26,8 +27,8 @@ def truncate_metrics(path: Path, last_step: int, *, keep_events: bool = False) -
     kept = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
+            rec = loads_json(line, str(path))
+        except DataError:
             continue  # a line cut by a kill
         if isinstance(rec, dict) and isinstance(rec.get("step"), int) and (rec["step"] <= last_step or (keep_events and "event" in rec)):
             kept.append(line)
@@ -67,12 +68,12 @@ class MetricsLogger:
             self._tb = self._writer(last_step)
 
     def log(self, record: dict[str, Any]) -> None:
-        # NaN and Inf are not JSON: write null and keep the spelling beside it.
+        # NaN and Inf are not JSON: write null and keep the spelling beside it (plots mark them).
         for k, v in list(record.items()):
             if isinstance(v, float) and not math.isfinite(v):
                 record[k] = None
                 record[f"{k}_nonfinite"] = str(v)
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._f.write(to_json(record) + "\n")  # strict, nested values too
         self._f.flush()
         if self._tb is not None and "step" in record and "event" not in record:
             for k, v in record.items():
@@ -89,13 +90,8 @@ class MetricsLogger:
 def read_metrics(run_dir: str | os.PathLike, *, events: bool = False) -> list[dict[str, Any]]:
     """The step records of a run (or, with ``events=True``, its event records)."""
     path = Path(run_dir) / "metrics.jsonl"
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            if ("event" in rec) == events:
-                out.append(rec)
-    return out
+    return [rec for _, rec in iter_jsonl(path, error=SteadyError)
+            if isinstance(rec, dict) and ("event" in rec) == events]
 
 
 class AttentionProbe:

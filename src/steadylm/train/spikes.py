@@ -31,51 +31,17 @@ rate. Each fires once per run (a rollback does not replay it), like a real trans
 from __future__ import annotations
 
 import math
-import re
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..errors import ConfigError, SteadyError
+from ..config import GUARD_ACTIONS, Injection, check_guard, parse_injection  # noqa: F401 - Injection and parse_injection live on here
+from ..errors import SteadyError
 
-ACTIONS = ("off", "skip", "rollback")
-_INJECT = re.compile(r"^(nan)@(\d+)$|^(spike|lr)@(\d+):([0-9eE.+-]+)$")
+ACTIONS = GUARD_ACTIONS
 
 
 class GuardStop(SteadyError):
     """Too many incidents in a row: the run stops with a report instead of looping."""
-
-
-@dataclass(frozen=True)
-class Injection:
-    """One injected fault."""
-
-    kind: str
-    step: int
-    factor: float = 1.0
-
-    @property
-    def spec(self) -> str:
-        return f"{self.kind}@{self.step}" if self.kind == "nan" else f"{self.kind}@{self.step}:{self.factor:g}"
-
-
-def parse_injection(spec: str) -> Injection:
-    """``nan@STEP``, ``spike@STEP:FACTOR`` or ``lr@STEP:FACTOR`` (steps count from 1)."""
-    m = _INJECT.match(spec.strip())
-    if not m:
-        raise ConfigError(f"--inject {spec!r} does not parse; use nan@STEP, spike@STEP:FACTOR or lr@STEP:FACTOR")
-    if m.group(1):
-        kind, step, factor = "nan", int(m.group(2)), 1.0
-    else:
-        kind, step = m.group(3), int(m.group(4))
-        try:
-            factor = float(m.group(5))
-        except ValueError:
-            raise ConfigError(f"--inject {spec!r}: FACTOR must be a number") from None
-        if not math.isfinite(factor) or factor <= 0:
-            raise ConfigError(f"--inject {spec!r}: FACTOR must be a positive finite number")
-    if step < 1:
-        raise ConfigError(f"--inject {spec!r}: STEP counts from 1")
-    return Injection(kind, step, factor)
 
 
 @dataclass
@@ -114,16 +80,7 @@ class SpikeGuard:
     """Judge each step's loss and pre-clip gradient norm; `check` returns the incidents."""
 
     def __init__(self, action: str = "skip", *, sigma: float = 6.0, window: int = 128, min_samples: int = 20, max_consecutive: int = 5):
-        if action not in ACTIONS:
-            raise ConfigError(f"unknown --guard {action!r}; choose one of: {', '.join(ACTIONS)}")
-        if not (sigma > 0 and math.isfinite(sigma)):
-            raise ConfigError(f"--guard-sigma must be positive, got {sigma}")
-        if window < 2:
-            raise ConfigError(f"--guard-window must be at least 2, got {window}")
-        if min_samples < 2:
-            raise ConfigError(f"--guard-min-samples must be at least 2, got {min_samples}")
-        if max_consecutive < 1:
-            raise ConfigError(f"--guard-max-consecutive must be positive, got {max_consecutive}")
+        check_guard(action, sigma, window, min_samples, max_consecutive)
         self.action, self.sigma, self.window, self.min_samples, self.max_consecutive = action, sigma, window, min_samples, max_consecutive
         self.losses = _Rolling(window)
         self.norms = _Rolling(window)

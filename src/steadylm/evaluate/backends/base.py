@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from ...errors import ConfigError
+from ...fsutil import to_json
+from ...io import read_jsonl_tail_tolerant
+
+
+#: the smallest sampling temperature: logits / T overflow float32 (and fp16 far sooner) below it, and
+#: a sample at T = 1e-3 is already the argmax for any real logit gap; greedy is ``temperature = 0``
+MIN_TEMPERATURE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -32,8 +40,10 @@ class DecodingSettings:
     max_new_tokens: int = 64
 
     def __post_init__(self) -> None:
-        if not self.temperature >= 0:
-            raise ConfigError(f"--temperature must be >= 0, got {self.temperature}")
+        if not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature < math.inf):
+            raise ConfigError(f"--temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}, got "
+                              f"{self.temperature:g}: below that, logits / T overflow to inf and sampling gives NaN "
+                              f"or plain argmax; use 0 for greedy")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
@@ -139,22 +149,33 @@ class GenerationCache:
     """Append-only JSONL of finished requests, keyed by `Request.key`.
 
     One line per finished request, flushed when written: a run killed in the middle loses at most
-    the line being written (a torn last line is ignored on reading)."""
+    the line being written. That torn last line is cut off when the cache is opened again, so
+    the next entry starts on a line of its own instead of being glued to the torn one."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._entries: dict[str, dict[str, Any]] = {}
+        self.repaired = False
         if self.path.exists():
-            with open(self.path, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a torn last line from a killed run
-                    if isinstance(obj, dict) and isinstance(obj.get("key"), str) and isinstance(obj.get("text"), str):
-                        self._entries[obj["key"]] = obj
+            records, cut = read_jsonl_tail_tolerant(self.path)
+            for obj in records:
+                if self._valid(obj):
+                    self._entries[obj["key"]] = obj
+            if cut is not None:
+                os.truncate(self.path, cut)
+                self.repaired = True
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "a", encoding="utf-8")
+        if self._fh.tell() > 0:
+            with open(self.path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a complete last record that lost only its newline
+                    self._fh.write("\n")
+                    self._fh.flush()
+
+    @staticmethod
+    def _valid(obj: Any) -> bool:
+        return isinstance(obj, dict) and isinstance(obj.get("key"), str) and isinstance(obj.get("text"), str)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -162,22 +183,13 @@ class GenerationCache:
     def absorb(self, path: str | os.PathLike) -> int:
         """Take in the entries of another cache file (a data-parallel rank's) and append them
         to this one, so the run's cache.jsonl ends up holding everything. Returns how many."""
-        other = GenerationCache.__new__(GenerationCache)
-        other._entries = {}
-        other.path = Path(path)
         n = 0
-        if other.path.exists():
-            with open(other.path, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    if isinstance(obj, dict) and isinstance(obj.get("key"), str) and isinstance(obj.get("text"), str) \
-                            and obj["key"] not in self._entries:
-                        self._entries[obj["key"]] = obj
-                        self._fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
-                        n += 1
+        if Path(path).exists():
+            for obj in read_jsonl_tail_tolerant(path)[0]:
+                if self._valid(obj) and obj["key"] not in self._entries:
+                    self._entries[obj["key"]] = obj
+                    self._fh.write(to_json(obj) + "\n")
+                    n += 1
         self._fh.flush()
         return n
 
@@ -188,7 +200,7 @@ class GenerationCache:
         obj = {"key": key, "text": gen.text, "completion_tokens": gen.completion_tokens,
                "finish_reason": gen.finish_reason, "extra": gen.extra}
         self._entries[key] = obj
-        self._fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self._fh.write(to_json(obj) + "\n")
         self._fh.flush()
 
     def close(self) -> None:

@@ -20,10 +20,13 @@ followed by ``assistant:`` (said in the signature as ``chat_format``).
 
 from __future__ import annotations
 
+import functools
+
 import math
 from typing import Any, Callable, Sequence
 
 from ...errors import ConfigError, DataError, ModelError
+from ...runtime import launch_ranks, resolve_device
 from .base import Backend, DecodingSettings, Generation, OnResult, Request
 
 
@@ -62,13 +65,14 @@ class LocalBackend(Backend):
 
     def __init__(self, path: str, *, dtype: str = "float32", batch_size: int = 64, trust_remote_code: bool = False,
                  truncate_left: bool = False, threads: int | None = None, device: str | None = None):
-        import torch
         from transformers import AutoTokenizer
 
         from ...models.presets import load_model, model_context, model_hash, quiet_progress
 
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+        # one GPU per process under accelerate launch / torchrun; checked before the model loads
+        self.device = resolve_device(device, local_rank=launch_ranks()[2])
         self.path, self.dtype, self.batch_size, self.truncate_left = str(path), dtype, batch_size, truncate_left
         with quiet_progress():
             self.model = load_model(path, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -76,11 +80,6 @@ class LocalBackend(Backend):
                 self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
             except Exception as e:
                 raise ModelError(f"{path}: cannot load the tokenizer ({type(e).__name__})") from None
-        if device is None:  # one GPU per process under accelerate launch / torchrun
-            import os
-
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0)}" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
         self.model.to(self.device).eval()
         self.threads = threads
         tok = self.tokenizer
@@ -116,7 +115,22 @@ class LocalBackend(Backend):
                                                       add_generation_prompt=True, tokenize=False)
         return _chat_fallback(msgs)
 
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The longest token's spelling in characters: a text longer than ``context`` times this
+        cannot fit the context, whatever the tokenizer makes of it."""
+        return max(1, max(map(len, self.tokenizer.get_vocab()), default=1))
+
     def encode_prompt(self, text: str, max_new_tokens: int, *, label: str = "") -> list[int]:
+        if self.context is not None and not self.truncate_left and len(text) > self.context * self.max_token_chars:
+            # a prompt of megabytes would take long to tokenize only to be refused: look at a prefix
+            # that already needs more tokens than the context holds
+            head = self.tokenizer(text[:self.context * self.max_token_chars], add_special_tokens=False)["input_ids"]
+            if len(head) + max_new_tokens > self.context:
+                raise DataError(
+                    f"prompt {label or text[:30]!r} has more than {len(head)} tokens ({len(text):,} characters); with "
+                    f"--max-new-tokens {max_new_tokens} that exceeds the model's context of {self.context} "
+                    "(pass --truncate-left to keep the prompt's last tokens)")
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         bos = self.tokenizer.bos_token_id
         if bos is not None and self.chat_format != "template" and ids[:1] != [bos]:
