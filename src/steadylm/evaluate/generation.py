@@ -156,6 +156,8 @@ class GenerationEval:
                                        progress=lambda n: bar.advance(task, n))
         except SteadyError as e:
             kept = len(self.cache)
+            if not kept:
+                raise  # nothing finished: no cache to point at (a failed start removes --out)
             raise SteadyError(f"{e} ({kept} finished generations are kept in {self.out / 'cache.jsonl'}"
                               f"{'' if kept == n_cached else f', {kept - n_cached} of them new'}; "
                               f"run the same command again to resume)") from None
