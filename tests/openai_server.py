@@ -272,7 +272,7 @@ class OpenAIServer:
         answer = {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-{rid}",
             "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()),
+            "created": 1_700_000_000,  # a fixed wire-format timestamp: nothing reads it
             "model": self.model_name,
             "choices": [choice],
             "usage": {"prompt_tokens": len(ids), "completion_tokens": len(out), "total_tokens": len(ids) + len(out)},

@@ -734,9 +734,9 @@ class RobustnessEval:
 def print_robustness_summary(r: dict[str, Any], out: str | Path) -> None:
     from rich.table import Table
 
-    from .summary import _ci, _console, _fmt
+    from .summary import fmt_ci, console, fmt
 
-    con = _console()
+    con = console()
     sig = r.get("signature", {})
     t = Table(title="eval robustness: per perturbation kind", caption=sig.get("string", ""))
     for c in ("kind", "rate", "changed", "Δ bits/byte", "BLEU to clean", "chrF to clean", "semantic",
@@ -748,12 +748,12 @@ def print_robustness_summary(r: dict[str, Any], out: str | Path) -> None:
         ans = d.get("answers", {})
         ref = d.get("reference", {})
         pdr = d.get("pdr", {}).get(primary or "", {}).get("pdr")
-        t.add_row(kind, _fmt(d.get("rate")), _fmt(d.get("changed_share")),
-                  _fmt(ps.get("delta_bits_per_byte")) if ps.get("measured") else "not measured",
-                  _ci(d["similarity"]["bleu"]), _ci(d["similarity"]["chrf"]), _ci(d["similarity"]["semantic"]),
-                  f"{_fmt(ans['accuracy']['mean'])} / {_fmt(ans['flip_rate']['mean'])}" if ans.get("measured") else "-",
-                  f"{_fmt(ref['chrf']['clean'])} → {_fmt(ref['chrf']['perturbed'])}" if ref.get("measured") else "-",
-                  _fmt(pdr))
+        t.add_row(kind, fmt(d.get("rate")), fmt(d.get("changed_share")),
+                  fmt(ps.get("delta_bits_per_byte")) if ps.get("measured") else "not measured",
+                  fmt_ci(d["similarity"]["bleu"]), fmt_ci(d["similarity"]["chrf"]), fmt_ci(d["similarity"]["semantic"]),
+                  f"{fmt(ans['accuracy']['mean'])} / {fmt(ans['flip_rate']['mean'])}" if ans.get("measured") else "-",
+                  f"{fmt(ref['chrf']['clean'])} → {fmt(ref['chrf']['perturbed'])}" if ref.get("measured") else "-",
+                  fmt(pdr))
     con.print(t)
     agg = r.get("aggregate", {})
     a = Table(title="all kinds")
@@ -761,12 +761,12 @@ def print_robustness_summary(r: dict[str, Any], out: str | Path) -> None:
         a.add_column(c)
     for k in ("bleu", "chrf", "semantic", "perplexity_shift_bpb", "flip"):
         if k in agg:
-            a.add_row(k, _ci(agg[k]))
+            a.add_row(k, fmt_ci(agg[k]))
     for name, v in agg.get("pdr", {}).items():
-        a.add_row(f"PDR {name}", f"{_fmt(v['pdr'])}  [{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}]")
+        a.add_row(f"PDR {name}", f"{fmt(v['pdr'])}  [{fmt(v['ci_low'])}, {fmt(v['ci_high'])}]")
     for name, v in agg.get("worst_case", {}).items():
         if isinstance(v, dict):
-            a.add_row(f"worst case {name}", f"{_ci(v['worst_case'])}  (clean {_ci(v['clean'])})")
+            a.add_row(f"worst case {name}", f"{fmt_ci(v['worst_case'])}  (clean {fmt_ci(v['clean'])})")
     con.print(a)
     adv = r.get("adversarial", {})
     if adv.get("measured"):
@@ -774,13 +774,13 @@ def print_robustness_summary(r: dict[str, Any], out: str | Path) -> None:
                         f"{adv['queries_per_search']} queries each ({', '.join(adv['objective'])}; lower = worse)")
         for c in ("search", "final score", "after each step"):
             s.add_column(c)
-        s.add_row("clean", _ci(adv["clean"]), "")
+        s.add_row("clean", fmt_ci(adv["clean"]), "")
         for name in ("greedy", "random"):
-            s.add_row(name, _ci(adv[name]["final"]), "  ".join(_fmt(x) for x in adv[name]["curve"]))
+            s.add_row(name, fmt_ci(adv[name]["final"]), "  ".join(fmt(x) for x in adv[name]["curve"]))
         con.print(s)
         for e in adv["examples"][:2]:
-            con.print(f"[bold]{e['prompt_id']}[/] ({e['objective']}: clean {_fmt(e['clean_score'])}, "
-                      f"greedy {_fmt(e['greedy']['score'])}, random {_fmt(e['random']['score'])})")
+            con.print(f"[bold]{e['prompt_id']}[/] ({e['objective']}: clean {fmt(e['clean_score'])}, "
+                      f"greedy {fmt(e['greedy']['score'])}, random {fmt(e['random']['score'])})")
             con.print(f"  clean prompt:       {e['clean_prompt']!r}\n  adversarial prompt: {e['greedy']['prompt']!r}\n"
                       f"  clean output:       {e['clean_output']!r}\n  adversarial output: {e['greedy']['output']!r}",
                       markup=False, highlight=False)
@@ -793,18 +793,18 @@ def print_robustness_summary(r: dict[str, Any], out: str | Path) -> None:
             o.add_column(c)
         i_, d_, dr = ood["in_domain"], ood["ood"], ood["drop"]
         if i_["perplexity"].get("measured"):
-            o.add_row("bits per byte (prompt text)", _fmt(i_["perplexity"]["bits_per_byte"]),
-                      _fmt(d_["perplexity"]["bits_per_byte"]), f"perplexity ratio {_fmt(dr.get('perplexity_ratio'))}")
+            o.add_row("bits per byte (prompt text)", fmt(i_["perplexity"]["bits_per_byte"]),
+                      fmt(d_["perplexity"]["bits_per_byte"]), f"perplexity ratio {fmt(dr.get('perplexity_ratio'))}")
         else:
             o.add_row("perplexity", "not measured", "not measured", "")
         if i_["self_bleu"].get("measured"):
-            o.add_row("self-BLEU", _ci(i_["self_bleu"]), _ci(d_["self_bleu"]), _fmt(dr.get("self_bleu_delta")))
+            o.add_row("self-BLEU", fmt_ci(i_["self_bleu"]), fmt_ci(d_["self_bleu"]), fmt(dr.get("self_bleu_delta")))
         for k in ("bleu", "chrf"):
             if i_["reference"].get("measured") or d_["reference"].get("measured"):
-                o.add_row(f"reference {k}", _fmt(i_["reference"].get(k, {}).get("score")),
-                          _fmt(d_["reference"].get(k, {}).get("score")), _fmt(dr.get(f"reference_{k}_delta")))
+                o.add_row(f"reference {k}", fmt(i_["reference"].get(k, {}).get("score")),
+                          fmt(d_["reference"].get(k, {}).get("score")), fmt(dr.get(f"reference_{k}_delta")))
         if i_["accuracy"].get("measured") or d_["accuracy"].get("measured"):
-            o.add_row("accuracy", _ci(i_["accuracy"]), _ci(d_["accuracy"]), _fmt(dr.get("accuracy_delta")))
+            o.add_row("accuracy", fmt_ci(i_["accuracy"]), fmt_ci(d_["accuracy"]), fmt(dr.get("accuracy_delta")))
         con.print(o)
     cnt = r.get("counts", {})
     con.print(f"{cnt.get('prompts')} prompts x {cnt.get('kinds')} kinds, {cnt.get('generations')} generations "

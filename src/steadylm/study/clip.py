@@ -36,11 +36,11 @@ from typing import Any, Sequence
 from .. import __version__
 from ..config import TrainConfig, merge
 from ..errors import ConfigError
-from ..fsutil import write_json_atomic
+from ..fsutil import finite, write_json_atomic
 from ..runtime import check_threads
 from .grid import assign
 from .recipes import load_recipe
-from .sweep import DEFAULT_PRESET, DEFAULT_WORKERS, _clean, _finite, _slug, base_settings, check_existing, prepare_out, read_cell
+from .sweep import DEFAULT_PRESET, DEFAULT_WORKERS, base_settings, check_existing, is_finite, prepare_out, read_cell, slug
 
 DEFAULT_MAX_NORMS = (0.1, 0.3, 1.0, 3.0, 10.0)
 DEFAULT_CLIP_STEPS = 100
@@ -59,9 +59,9 @@ def _percentile(xs: list[float], q: float) -> float:
 def clip_evidence(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """What a run's step records say about clipping: share of steps clipped and the pre-clip norm's
     median / 90th percentile / max (non-finite norms counted apart)."""
-    norms = [r["grad_norm"] for r in records if _finite(r.get("grad_norm"))]
+    norms = [r["grad_norm"] for r in records if is_finite(r.get("grad_norm"))]
     clipped = [bool(r.get("clipped")) for r in records if "clipped" in r]
-    losses = [r["loss"] for r in records if _finite(r.get("loss"))]
+    losses = [r["loss"] for r in records if is_finite(r.get("loss"))]
     tail = losses[-max(1, len(losses) // 10):] if losses else []
     return {
         "steps": len(records),
@@ -69,7 +69,7 @@ def clip_evidence(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "grad_norm_median": statistics.median(norms) if norms else None,
         "grad_norm_p90": _percentile(norms, 90) if norms else None,
         "grad_norm_max": max(norms) if norms else None,
-        "nonfinite_norms": sum(1 for r in records if "grad_norm" in r and not _finite(r.get("grad_norm"))),
+        "nonfinite_norms": sum(1 for r in records if "grad_norm" in r and not is_finite(r.get("grad_norm"))),
         "train_loss_tail": statistics.fmean(tail) if tail else None,
     }
 
@@ -81,7 +81,7 @@ def recommend_max_norm(rows: Sequence[dict[str, Any]], tolerance: float = DEFAUL
     ``recommended`` is None when no run has a finite loss."""
     if tolerance < 0 or not math.isfinite(tolerance):
         raise ConfigError(f"--tolerance must be zero or more, got {tolerance}")
-    ok = [r for r in rows if _finite(r.get("final_loss"))]
+    ok = [r for r in rows if is_finite(r.get("final_loss"))]
     out: dict[str, Any] = {"rule": RULE, "tolerance": tolerance}
     if not ok:
         return {**out, "recommended": None, "best_loss": None, "best_max_norm": None, "within": [], "note": None,
@@ -96,16 +96,16 @@ def recommend_max_norm(rows: Sequence[dict[str, Any]], tolerance: float = DEFAUL
               f"{best:.4f} (max_norm {best_row['max_norm']:g})")
     smaller = [r for r in rows if r["max_norm"] < rec]
     if smaller:
-        worst = ", ".join(f"{r['max_norm']:g}: {'diverged' if not _finite(r.get('final_loss')) else format(r['final_loss'], '.4f')}"
+        worst = ", ".join(f"{r['max_norm']:g}: {'diverged' if not is_finite(r.get('final_loss')) else format(r['final_loss'], '.4f')}"
                           for r in sorted(smaller, key=lambda r: r["max_norm"]))
         reason += f"; smaller thresholds cost loss ({worst})"
     note = None
     share = next((r.get("clipped_share") for r in ok if r["max_norm"] == rec), None)
-    if _finite(share) and share > 0.5:
+    if is_finite(share) and share > 0.5:
         note = (f"max_norm {rec:g} clips {share:.0%} of steps: it rescales the typical step, not only outliers. "
                 "Adam-type optimizers are nearly invariant to that, so the loss barely shows it; a threshold that "
                 "clips only outliers is the next larger one in the grid that is also within the tolerance")
-        larger = [m for m in within if m > rec and _finite(next((r.get("clipped_share") for r in ok if r["max_norm"] == m), None))
+        larger = [m for m in within if m > rec and is_finite(next((r.get("clipped_share") for r in ok if r["max_norm"] == m), None))
                   and next(r.get("clipped_share") for r in ok if r["max_norm"] == m) <= 0.5]
         note += f" ({larger[0]:g})" if larger else " (none here)"
     return {**out, "recommended": rec, "best_loss": best, "best_max_norm": best_row["max_norm"], "within": within,
@@ -156,7 +156,7 @@ class ClipSweep:
         self.recipe_obj = load_recipe(self.recipe, self.preset)
         self.outp = Path(self.out)
         self.runs_dir = self.outp / "runs"
-        self.grid_cells = [self._cell(f"max_norm={_slug(m)}", m, self.seed) for m in self.max_norms]
+        self.grid_cells = [self._cell(f"max_norm={slug(m)}", m, self.seed) for m in self.max_norms]
 
     def _config(self, max_norm: float, seed: int) -> dict[str, Any]:
         d = merge(base_settings(self.steps, self.preset, {k: v[0] for k, v in self.settings.items()}), self.recipe_obj.options)
@@ -213,20 +213,20 @@ class ClipSweep:
             confirmation = None
             if rec["recommended"] is not None:
                 m = rec["recommended"]
-                cell = self._cell(f"confirm-max_norm={_slug(m)}-seed{self.confirm_seed}", m, self.confirm_seed)
+                cell = self._cell(f"confirm-max_norm={slug(m)}-seed{self.confirm_seed}", m, self.confirm_seed)
                 check_existing([cell], self.runs_dir)
                 # the same threads as the grid's runs: its loss is compared with theirs
                 execute([cell.spec(self.runs_dir, threads, self.keep_checkpoints)], workers=1, executor=self.executor, on_done=upd)
                 confirmation = self._row(cell)
                 same = next(g for g in grid if g["max_norm"] == m)
-                if _finite(confirmation["final_loss"]) and _finite(same["final_loss"]):
+                if is_finite(confirmation["final_loss"]) and is_finite(same["final_loss"]):
                     confirmation["diff_vs_grid"] = confirmation["final_loss"] - same["final_loss"]
                     limit = rec["best_loss"] + self.tolerance * abs(rec["best_loss"])
                     confirmation["within_tolerance_of_best"] = confirmation["final_loss"] <= limit
             else:
                 bar.update(task, advance=1)
         self.seconds = time.perf_counter() - t0
-        result = _clean({
+        result = finite({
             "recommended": rec["recommended"], "reason": rec["reason"], "note": rec["note"], "rule": rec["rule"],
             "tolerance": self.tolerance,
             "best_loss": rec["best_loss"], "best_max_norm": rec["best_max_norm"], "within_tolerance": rec["within"],

@@ -24,8 +24,8 @@ from typing import Any, Sequence
 
 from .. import __version__
 from ..errors import ConfigError
-from ..fsutil import write_json_atomic
-from .sweep import _clean, _slug, prepare_out
+from ..fsutil import finite, write_json_atomic
+from .sweep import prepare_out, slug
 
 DEFAULT_TEMPERATURES = (0.0, 0.7, 1.0)
 DEFAULT_TOP_PS = (1.0, 0.9)
@@ -45,7 +45,7 @@ def decoding_cells(temperatures: Sequence[float], top_ps: Sequence[float]) -> li
             cells.append(("T0-greedy", 0.0, 1.0))
             continue
         for p in top_ps:
-            cells.append((f"T{_slug(t)}-p{_slug(p)}", float(t), float(p)))
+            cells.append((f"T{slug(t)}-p{slug(p)}", float(t), float(p)))
     return cells
 
 
@@ -137,7 +137,7 @@ def run_decoding_sweep(model: str, out: str, *, temperatures: Sequence[float] = 
                    max_new_tokens=max_new_tokens, determinism="not measured in a decoding sweep",
                    consistency="across the K samples of each prompt under the first seed",
                    reference="corpus chrF/BLEU of sample 0 of the first seed")
-        result = _clean({"cells": rows, "signature": sig, "factors": {"temperature": list(temperatures), "top_p": list(top_ps)},
+        result = finite({"cells": rows, "signature": sig, "factors": {"temperature": list(temperatures), "top_p": list(top_ps)},
                          "seconds": time.perf_counter() - t0})
         write_json_atomic(outp / "decoding_sweep.json", result)
         from .plots import plot_decoding_sweep

@@ -102,13 +102,13 @@ class Cell:
                 "name": self.name, "keep_checkpoints": keep_checkpoints}
 
 
-def _slug(v: Any) -> str:
+def slug(v: Any) -> str:
     s = f"{v:g}" if isinstance(v, float) else str(v)
     return "".join(c if c.isalnum() or c in "._=+-" else "_" for c in s)
 
 
 def variant_name(recipe: str, factors: dict[str, Any]) -> str:
-    return " ".join([recipe] + [f"{k}={_slug(v)}" for k, v in factors.items()])
+    return " ".join([recipe] + [f"{k}={slug(v)}" for k, v in factors.items()])
 
 
 def base_settings(steps: int, preset: str, fixed: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -145,7 +145,7 @@ def plan_cells(recipes: Sequence[Recipe], lrs: Sequence[float], seeds: Sequence[
                     except ConfigError as e:
                         msg = str(e)
                         raise ConfigError(msg if msg.startswith(origin) else f"{origin}: {msg}") from None
-                    name = "-".join([_slug(r.name), f"lr{_slug(lr)}", f"seed{seed}"] + [f"{k}={_slug(v)}" for k, v in fac.items()])
+                    name = "-".join([slug(r.name), f"lr{slug(lr)}", f"seed{seed}"] + [f"{k}={slug(v)}" for k, v in fac.items()])
                     conf = cfg.to_dict()
                     conf.pop("out")
                     conf.pop("threads")
@@ -209,7 +209,7 @@ def prepare_out(out: Path, kind: str) -> FolderLock:
 # --------------------------------------------------------------------------- reading results
 
 
-def _finite(x: Any) -> bool:
+def is_finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
@@ -227,15 +227,15 @@ def read_cell(run_dir: str | Path) -> dict[str, Any]:
     steps = read_metrics(d)
     first = next((r for r in steps if r.get("step") == 1), None)
     init = first.get("loss") if first else None
-    losses = [r["loss"] for r in steps if _finite(r.get("loss"))]
+    losses = [r["loss"] for r in steps if is_finite(r.get("loss"))]
     tail = losses[-10:]
     stopped = "stopped" in summary
     val = summary.get("val_loss")
-    final = float(val) if _finite(val) and not stopped else None
+    final = float(val) if is_finite(val) and not stopped else None
     clipped = [bool(r.get("clipped")) for r in steps if "clipped" in r]
     return {
         "final_loss": final,
-        "init_loss": float(init) if _finite(init) else None,
+        "init_loss": float(init) if is_finite(init) else None,
         "diverged": final is None,
         "status": ("stopped" if (d / "summary.json").is_file() else "overflow") if stopped
         else ("finished" if final is not None else "nonfinite"),
@@ -252,13 +252,13 @@ def read_cell(run_dir: str | Path) -> dict[str, Any]:
 def capped_loss(run: dict[str, Any]) -> float | None:
     """``min(final loss, loss at init)``; the loss at init for a diverged run."""
     init, final = run.get("init_loss"), run.get("final_loss")
-    if not _finite(init):
-        return final if _finite(final) else None
-    return min(final, init) if _finite(final) else init
+    if not is_finite(init):
+        return final if is_finite(final) else None
+    return min(final, init) if is_finite(final) else init
 
 
 def _spread(xs: list[float]) -> dict[str, Any]:
-    xs = [x for x in xs if _finite(x)]
+    xs = [x for x in xs if is_finite(x)]
     if not xs:
         return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
     return {"n": len(xs), "mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else None,
@@ -267,7 +267,7 @@ def _spread(xs: list[float]) -> dict[str, Any]:
 
 def _sensitivity(curve: dict[float, float]) -> tuple[float | None, float | None, float | None]:
     """(lr_sensitivity, best_loss, best_lr) of an ``{lr: loss}`` curve."""
-    pts = {lr: v for lr, v in curve.items() if _finite(v)}
+    pts = {lr: v for lr, v in curve.items() if is_finite(v)}
     if not pts:
         return None, None, None
     best_lr = min(pts, key=lambda lr: pts[lr])
@@ -281,7 +281,7 @@ def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     lrs = sorted({r["lr"] for r in runs})
     seeds = sorted({r["seed"] for r in runs})
     by_lr = {lr: [capped_loss(r) for r in runs if r["lr"] == lr] for lr in lrs}
-    curve = {lr: statistics.fmean([v for v in vals if _finite(v)]) if any(_finite(v) for v in vals) else None
+    curve = {lr: statistics.fmean([v for v in vals if is_finite(v)]) if any(is_finite(v) for v in vals) else None
              for lr, vals in by_lr.items()}
     sens, best, best_lr = _sensitivity(curve)
     per_lr = []
@@ -295,8 +295,8 @@ def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         c = {r["lr"]: capped_loss(r) for r in runs if r["seed"] == s}
         ss, sb, sl = _sensitivity(c)
         per_seed.append({"seed": s, "lr_sensitivity": ss, "best_loss": sb, "best_lr": sl})
-    stds = [row["std"] for row in per_lr if _finite(row["std"])]
-    inits = [r["init_loss"] for r in runs if _finite(r.get("init_loss"))]
+    stds = [row["std"] for row in per_lr if is_finite(row["std"])]
+    inits = [r["init_loss"] for r in runs if is_finite(r.get("init_loss"))]
     return {
         "lr_sensitivity": sens,
         "best_loss": best,
@@ -319,7 +319,6 @@ def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-_clean = finite  # NaN/Inf -> None, so the returned result prints as strict JSON too
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -428,11 +427,11 @@ class LRSweep:
             else:
                 f_name, f = first
                 ratio = (entry["lr_sensitivity"] / f["lr_sensitivity"]
-                         if _finite(entry["lr_sensitivity"]) and _finite(f["lr_sensitivity"]) and f["lr_sensitivity"] > 0 else None)
-                diff = (entry["best_loss"] - f["best_loss"]) if _finite(entry["best_loss"]) and _finite(f["best_loss"]) else None
+                         if is_finite(entry["lr_sensitivity"]) and is_finite(f["lr_sensitivity"]) and f["lr_sensitivity"] > 0 else None)
+                diff = (entry["best_loss"] - f["best_loss"]) if is_finite(entry["best_loss"]) and is_finite(f["best_loss"]) else None
                 entry["relative_to"] = {"recipe": f_name, "lr_sensitivity_ratio": ratio, "best_loss_diff": diff}
             out[name] = entry
-        return _clean({"recipes": out, "signature": self.signature(), "factors": self.factor_table()})
+        return finite({"recipes": out, "signature": self.signature(), "factors": self.factor_table()})
 
     def signature(self) -> dict[str, Any]:
         import platform
