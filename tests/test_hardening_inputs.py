@@ -241,3 +241,47 @@ def test_prompt_longer_than_the_context_is_refused_before_tokenizing_it_whole(na
     assert backend.context * backend.max_token_chars >= max(seen)
     # a prompt that fits is still encoded whole, as before
     assert backend.encode_prompt("word " * 3, 8) == backend.encode_prompt("word " * 3, 8)
+
+
+def test_batch_invariance_ignores_what_follows_eos():
+    """A prompt that stops at EOS alone is padded inside the batch while a longer one goes on: the
+    pad tokens after its EOS are no output, so they neither crash the check (they did: the solo
+    logits are shorter than the span compared) nor count as a divergence. Found on SmolLM2."""
+    import types
+
+    import torch
+
+    from steadylm.evaluate.backends.base import DecodingSettings
+    from steadylm.evaluate.generation import GenerationEval
+    from steadylm.evaluate.prompts import PromptItem
+
+    EOS, V = 1, 8
+    solo = {"short": [5, EOS], "long": [6, 7, 4, 3]}
+    batch = {"short": [5, EOS, EOS, EOS], "long": [6, 7, 4, 3]}
+
+    def logits(rows):  # one-hot logits of each row's own tokens: (B, T, V)
+        t = torch.zeros(len(rows), max(map(len, rows)), V)
+        for i, r in enumerate(rows):
+            t[i, torch.arange(len(r)), torch.tensor(r)] = 10.0
+        return t
+
+    class Fake:
+        eos_id = EOS
+
+        def render(self, req):
+            return req.prompt
+
+        def greedy_logits(self, texts, settings):
+            rows = [(solo if len(texts) == 1 else batch)[t] for t in texts]
+            return rows, logits(rows)
+
+    items = [PromptItem(id="s", prompt="short"), PromptItem(id="l", prompt="long")]
+    res = GenerationEval._batch_invariance_local(types.SimpleNamespace(backend=Fake()), items,
+                                                 DecodingSettings(temperature=0.0, max_new_tokens=4))
+    assert res["identical_share"] == 1.0 and res["max_logit_diff"] == 0.0
+    assert [r["first_divergence"] for r in res["per_prompt"]] == [None, None]
+    # a real divergence inside the output still counts
+    batch["long"] = [6, 2, 4, 3]
+    res = GenerationEval._batch_invariance_local(types.SimpleNamespace(backend=Fake()), items,
+                                                 DecodingSettings(temperature=0.0, max_new_tokens=4))
+    assert [r["first_divergence"] for r in res["per_prompt"]] == [None, 1] and res["max_logit_diff"] == 10.0

@@ -463,14 +463,22 @@ class GenerationEval:
         import torch
 
         b = self.backend
+        eos = getattr(b, "eos_id", None)
+
+        def output(toks: list[int]) -> list[int]:
+            # up to and including EOS: a row that stopped early is padded (often with EOS) while the
+            # rest of its batch goes on, and those tokens are no output of it
+            return toks[:toks.index(eos) + 1] if eos is not None and eos in toks else toks
+
         texts = [b.render(_request(it, 0, 0, greedy)) for it in items]  # type: ignore[attr-defined]
         batch_toks, batch_logits = b.greedy_logits(texts, greedy)  # type: ignore[attr-defined]
         max_diff, divs, rows = 0.0, [], []
         for n, t in enumerate(texts):
             toks, logits = b.greedy_logits([t], greedy)  # type: ignore[attr-defined]
-            a, c = toks[0], batch_toks[n]
+            a, c = output(toks[0]), output(batch_toks[n])
             d = first_divergence(a, c)
-            common = len(a) if d is None else d + 1  # logits up to and including the first divergent step
+            # logits up to and including the first divergent step, over the steps both rows produced
+            common = min(len(a) if d is None else d + 1, len(a), len(c))
             diff = float((logits[0, :common] - batch_logits[n, :common]).abs().max()) if common else 0.0
             max_diff = max(max_diff, diff)
             divs.append(d)
