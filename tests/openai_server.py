@@ -147,7 +147,14 @@ class OpenAIServer:
 
     # ------------------------------------------------------------------ test knobs
     def reset(self) -> None:
-        """Forget counters, faults, delay and key (between tests sharing one server)."""
+        """Forget counters, faults, delay and key (between tests sharing one server), once the
+        requests of the test before have left (a "slow" answer a client gave up on is still
+        sleeping here, and would count as in flight for the next test)."""
+        for _ in range(200):  # at most 10 s
+            with self._state:
+                if self.in_flight == 0:
+                    break
+            threading.Event().wait(0.05)
         with self._state:
             self.requests_seen = self.max_in_flight = 0
             self._faults.clear()
