@@ -50,8 +50,12 @@ def finite(obj: Any) -> Any:
 
 
 def to_json(obj: Any, **kw: Any) -> str:
-    """Strict JSON text of ``obj`` (non-finite floats as null): every JSON steadylm writes goes through here."""
-    return json.dumps(finite(obj), ensure_ascii=False, allow_nan=False, **kw)
+    """Strict JSON text of ``obj`` (non-finite floats as null): every JSON steadylm writes goes through here.
+    Called on every metrics line, so the copy `finite` makes is paid only when a NaN/Inf is there."""
+    try:
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False, **kw)
+    except ValueError:  # "Out of range float values are not JSON compliant"
+        return json.dumps(finite(obj), ensure_ascii=False, allow_nan=False, **kw)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
