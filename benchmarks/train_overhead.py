@@ -325,7 +325,7 @@ def _run_benchmark(args, work: Path) -> dict:
         if live:
             bar.start()
 
-    run_code = loop.TrainingRun.run.__code__
+    run_code = loop.TrainingRun._run.__code__  # the loop body (run() holds the folder lock around it)
 
     def lr_at_hook(step, c):
         t = time.perf_counter()
