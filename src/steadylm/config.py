@@ -308,6 +308,7 @@ class ClipConfig:
 
 
 GUARD_ACTIONS = ("off", "skip", "rollback")
+PRECISIONS = ("fp32", "bf16", "fp16")
 _INJECT = re.compile(r"^(nan)@(\d+)$|^(spike|lr)@(\d+):([0-9eE.+-]+)$")
 
 
@@ -367,10 +368,19 @@ class GuardConfig:
     window: int = _f(128, "rolling window of steps for the spike statistics")
     min_samples: int = _f(20, "values needed in the window before spikes are judged")
     max_consecutive: int = _f(5, "stop the run after this many incidents in a row")
+    rollback_lr_factor: float = _f(1.0, "after a rollback, multiply the learning rate by this factor (in (0, 1]) for --rollback-lr-steps steps")
+    rollback_lr_steps: int = _f(0, "steps after a rollback that run at the lowered learning rate (0: none)")
+    max_rollbacks: int | None = _f(None, "stop the run after this many rollbacks in all (default: no limit)")
     inject: list[str] = _f([], "faults to inject for tests and demos: nan@STEP, spike@STEP:FACTOR, lr@STEP:FACTOR (repeatable)")
 
     def __post_init__(self) -> None:
         check_guard(self.action, self.sigma, self.window, self.min_samples, self.max_consecutive)
+        if not 0.0 < self.rollback_lr_factor <= 1.0:
+            raise ConfigError(f"--rollback-lr-factor must be in (0, 1], got {self.rollback_lr_factor}")
+        _positive("--rollback-lr-steps", self.rollback_lr_steps, allow_zero=True)
+        _positive("--guard-max-rollbacks", self.max_rollbacks)
+        if self.action != "rollback" and (self.rollback_lr_factor != 1.0 or self.rollback_lr_steps or self.max_rollbacks is not None):
+            raise ConfigError("--rollback-lr-factor, --rollback-lr-steps and --guard-max-rollbacks need --guard rollback")
         if not isinstance(self.inject, list):
             raise ConfigError("inject must be a list of specs like 'nan@10'")
         for spec in self.inject:
@@ -408,12 +418,18 @@ class TrainConfig:
     z_loss: float = _f(0.0, "z-loss coefficient C: adds C * log^2 Z per token (PaLM uses 1e-4); 0 turns it off")
     ema: float = _f(0.0, "keep an exponential moving average of the weights with this decay (e.g. 0.999); 0 turns it off")
     monitor_every: int = _f(0, "every N steps also log the update-to-weight ratio per parameter group, the max attention logit and the output log Z; 0 turns it off")
+    precision: str = _f("fp32", "forward-pass precision: fp32, bf16 (autocast) or fp16 (autocast with dynamic loss scaling); weights and optimizer state stay fp32")
+    gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass instead of keeping them (less memory, about a third more compute)")
+    compile: bool = _f(False, "compile the model with torch.compile (opt-in; the first steps are slow while it compiles)")
+    fsdp: bool = _f(False, "shard parameters, gradients and optimizer state over the processes (FSDP2, through accelerate); needs accelerate launch with 2+ processes")
 
     def __post_init__(self) -> None:
         _positive("--z-loss", self.z_loss, allow_zero=True)
         _positive("--monitor-every", self.monitor_every, allow_zero=True)
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"--ema must be in [0, 1), got {self.ema}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown --precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
         _positive("--steps", self.steps)
         _positive("--eval-batch-size", self.eval_batch_size)
         if self.threads is not None:
