@@ -41,6 +41,9 @@ non-zero value is a `ConfigError` when the Trainer is built (or at the start of 
   every incident.
 * Checkpoints: ``on_save`` writes the clipper and guard state to ``steadylm_stability.pt`` in the
   Trainer's ``checkpoint-N`` folder; a run resumed from that folder picks it up before its first step.
+* One mechanism: the callback hands the gradients to `Stabilizer.judge` (the same unscale, clip,
+  host read and guard decision as ``steadylm train`` and a plain loop); only ``backward`` and
+  ``optimizer.step()`` stay the Trainer's.
 * Host-device sync: one per optimizer step (loss, norm, threshold and flag in one copy), which the
   guard needs; the Trainer already syncs for its own ``grad_norm``.
 * Distributed: as for `Stabilizer` - with DDP the gradients are averaged before the callback runs,
@@ -58,8 +61,8 @@ from transformers import TrainerCallback
 
 from ..errors import ConfigError
 from .clip import NormClip
-from .spikes import GuardStop, Incident
-from .stabilizer import StepReport, global_mean_, host_values
+from .spikes import Incident
+from .stabilizer import Stabilizer, StepReport, global_mean_
 
 STATE_FILE = "steadylm_stability.pt"
 
@@ -82,6 +85,7 @@ class StabilityCallback(TrainerCallback):
         self._hook = None
         self._hooked: torch.nn.Module | None = None
         self._warned_no_loss = False
+        self._stabilizer: Stabilizer | None = None
         self._restore_checked = False
         self._since_log = {"clipped_steps": 0, "guard_incidents": 0, "skipped_steps": 0}
 
@@ -163,29 +167,22 @@ class StabilityCallback(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         if not self._restore_checked:
             self._maybe_restore(args, state)
-        params = list(model.named_parameters())
-        stats = self.clipper.clip_(params)
-        loss = self._step_loss(args, device=_plain(stats.norm).device)
-        loss_val, norm_val, threshold, clipped = host_values(loss, stats)
-        step = state.global_step + 1
-        incidents = self.guard.check(step, loss_val, norm_val) if self.guard is not None else []
-        skip = bool(incidents) and self.guard.action == "skip"
-        if skip:
-            for _, p in params:
+        stab = self._stabilizer
+        if stab is None or stab.model is not model or stab.optimizer is not optimizer:
+            # the Trainer owns backward and optimizer.step(); the Stabilizer clips and judges (one mechanism)
+            stab = self._stabilizer = Stabilizer(model, optimizer, self.clipper, self.guard)
+        stab.steps = state.global_step  # the Trainer's count (a resume starts past 0)
+        loss = self._step_loss(args, device=next(model.parameters()).device)
+        report = stab.judge(loss)
+        if report.skipped:
+            for p in model.parameters():
                 p.grad = None  # optimizer.step() then leaves weights and state alone
-        lr = optimizer.param_groups[0].get("lr") if optimizer is not None and optimizer.param_groups else None
-        report = StepReport(step=step, loss=loss_val, grad_norm=norm_val, threshold=threshold, clipped=clipped,
-                            skipped=skip, lr=lr, incidents=incidents)
         self.reports.append(report)
-        self.incidents.extend(incidents)
-        self._since_log["clipped_steps"] += int(clipped)
-        self._since_log["guard_incidents"] += len(incidents)
-        self._since_log["skipped_steps"] += int(skip)
-        if self.guard is not None and self.guard.over_limit():
-            last = incidents[-1]
-            raise GuardStop(f"stopped at step {step}: {self.guard.consecutive} incidents in a row "
-                            f"(last: {last.kind} {last.value:.4g}); lower the learning rate, clip harder, "
-                            "or raise the guard's max_consecutive")
+        self.incidents.extend(report.incidents)
+        self._since_log["clipped_steps"] += int(report.clipped)
+        self._since_log["guard_incidents"] += len(report.incidents)
+        self._since_log["skipped_steps"] += int(report.skipped)
+        stab.finish(report)  # GuardStop after too many incidents in a row
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or "loss" not in logs or not self.reports:
@@ -218,6 +215,3 @@ class StabilityCallback(TrainerCallback):
         if self.guard is not None and state.get("guard") is not None:
             self.guard.load_state_dict(state["guard"])
 
-
-def _plain(value):
-    return value.full_tensor() if hasattr(value, "full_tensor") else value
