@@ -325,7 +325,7 @@ def _run_benchmark(args, work: Path) -> dict:
         if live:
             bar.start()
 
-    run_code = loop.TrainingRun._run.__code__  # the loop body (run() holds the folder lock around it)
+    run_code = loop.TrainingRun._lr.__code__  # the schedule as the step asks it (a checkpoint calls lr_at directly)
 
     def lr_at_hook(step, c):
         t = time.perf_counter()

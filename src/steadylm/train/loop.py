@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..config import TrainConfig
+from ..config import TrainConfig, parse_injection
 from ..errors import CheckpointError, ConfigError, SteadyError
 from ..fsutil import FolderLock, check_out_dir, clear_folder, folder_contents, write_json_atomic
 from ..io import read_json, read_json_object_or_empty
@@ -47,67 +47,88 @@ def _fingerprint(docs: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
-class DataParallel:
-    """The ranks of a data-parallel ``steadylm train`` (``accelerate launch`` / ``torchrun`` set
-    RANK and WORLD_SIZE; one process is a world of one and none of this does anything).
+class Ranks:
+    """The processes of a data-parallel ``steadylm train``, through ``accelerate`` (``accelerate
+    launch`` / ``torchrun`` set RANK and WORLD_SIZE; one process is a world of one).
 
-    Every rank holds the whole model and runs the same arithmetic on rows ``rank::world`` of the
-    same global batch; after the backward passes the gradients and the loss are averaged over the
-    ranks (an all-reduce), so every rank then holds the global gradient and the clipper, the guard,
-    the optimizer and the EMA take the same decisions everywhere - no broadcast of weights is ever
-    needed. Only rank 0 writes (run folder, metrics, checkpoints, model); the others wait for its
-    checkpoints at a barrier before they read one (a rollback or a resume). This is DDP's
-    arithmetic without its wrapper, which keeps the model's parameter names and hooks untouched."""
+    accelerate starts the process group and wraps the model in DDP (`Accelerator.prepare_model`),
+    whose backward all-reduces the gradients bucket by bucket while the backward pass runs; every
+    rank then holds the global gradient and the `Stabilizer` gives the numbers of one process.
+    Every rank runs the same arithmetic on rows ``rank::world`` of the same global batch, so the
+    data order stays a function of (seed, sample) and a resume needs only the step."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpu: bool) -> None:
         self.rank, self.world, self.local_rank = launch_ranks()
         self.active = self.world > 1
-        self.dist = None
-        if self.active:
-            import torch
-            import torch.distributed as dist
+        mp = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        if mp not in ("no", ""):
+            raise ConfigError(f"accelerate launch --mixed_precision {mp}: steadylm sets the precision with --precision; "
+                              "launch with --mixed_precision no")
+        from accelerate import Accelerator
 
-            if not dist.is_initialized():
-                dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-            self.dist = dist
+        try:  # starts the process group under a launcher; mixed precision is the Stabilizer's
+            self.accelerator = Accelerator(cpu=cpu, mixed_precision="no")
+        except ValueError as e:  # accelerate's state was set up otherwise earlier in this process
+            raise ConfigError(f"accelerate: {str(e).splitlines()[0]}") from None
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
     def barrier(self) -> None:
-        if self.dist is not None:
-            self.dist.barrier()
+        if self.active:
+            self.accelerator.wait_for_everyone()
 
-    def mean_(self, tensors) -> None:
-        """Average tensors over the ranks, in place (gradients: one flat buffer, one all-reduce)."""
-        if self.dist is None:
-            return
-        import torch
-
-        tensors = [t for t in tensors if t is not None]
-        if not tensors:
-            return
-        flat = torch.cat([t.reshape(-1) for t in tensors])
-        self.dist.all_reduce(flat)
-        flat.div_(self.world)
-        torch._foreach_copy_(tensors, [c.view_as(t) for c, t in zip(flat.split([t.numel() for t in tensors]), tensors)])
+    def mean(self, value):
+        """A 0-dim tensor averaged over the ranks (itself in one process)."""
+        return self.accelerator.reduce(value, reduction="mean") if self.active else value
 
     def agree(self, ok: bool) -> bool:
         """True only if every rank says True (a failure on one rank stops all of them)."""
-        if self.dist is None:
+        if not self.active:
             return ok
         import torch
 
-        t = torch.tensor([0 if ok else 1])
-        self.dist.all_reduce(t)
-        return int(t) == 0
+        return int(self.accelerator.reduce(torch.tensor([0 if ok else 1], device=self.accelerator.device), reduction="sum")) == 0
 
     def close(self) -> None:
-        if self.dist is not None and self.dist.is_initialized():
-            self.dist.barrier()
-            self.dist.destroy_process_group()
-            self.dist = None
+        import torch.distributed as dist
+
+        if self.active and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+class _RunHooks:
+    """What ``steadylm train`` adds around the `Stabilizer` step: injected gradient spikes and the
+    monitor's update-to-weight ratios (only on monitor steps)."""
+
+    def __init__(self, group_names: list[str]):
+        self.group_names = group_names
+        self.spike: float | None = None
+        self.watch = False
+        self.ratios: dict[str, float] = {}
+        self._before = None
+
+    def arm(self, *, watch: bool, spike: float | None) -> None:
+        self.watch, self.spike, self.ratios, self._before = watch, spike, {}, None
+
+    def on_gradients(self, stab, params) -> None:
+        if self.spike is not None:
+            for _, p in params:
+                if p.grad is not None:
+                    p.grad.mul_(self.spike)
+
+    def before_update(self, stab, params) -> None:
+        if self.watch:
+            self._before = [p.detach().clone() for p in params]
+
+    def after_update(self, stab, params) -> None:
+        if self.watch:
+            from .monitor import update_ratios
+
+            self.ratios = update_ratios(self._before, [g["params"] for g in stab.optimizer.param_groups], self.group_names)
 
 
 class _NoLogger:
@@ -121,6 +142,32 @@ class _NoLogger:
 
     def close(self) -> None:
         pass
+
+
+def _wants_cpu(device: str | None) -> bool:
+    """Whether accelerate should keep to the CPU: asked for, or no GPU to use."""
+    import torch
+
+    return (device or "").startswith("cpu") or not torch.cuda.is_available()
+
+
+def check_precision(precision: str, device) -> None:
+    """Refuse a precision the device cannot compute in (one autocast matmul tells), before anything is written."""
+    import torch
+
+    if precision == "fp32":
+        return
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if device.type == "cuda" and dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"--precision bf16: {torch.cuda.get_device_name(device)} cannot compute in bfloat16; use fp16")
+    try:
+        with torch.autocast(device.type, dtype=dtype):
+            a = torch.ones(2, 2, device=device)
+            out = a @ a
+        if out.dtype != dtype:
+            raise RuntimeError(f"autocast gave {out.dtype}")
+    except RuntimeError as e:
+        raise ConfigError(f"--precision {precision}: not available on {device} ({str(e).splitlines()[0]})") from None
 
 
 def is_run_dir(path: Path) -> bool:
@@ -144,7 +191,7 @@ class TrainingRun:
         self.lock = FolderLock(self.out, self.flag)  # rank 0's, held from setup to the end of the run
         self.start_step = 0
         self.elapsed_before = 0.0
-        self.dp = DataParallel()
+        self.dp = Ranks(cpu=_wants_cpu(cfg.device))
         if not self.dp.main:
             os.environ["STEADYLM_PROGRESS"] = "0"  # one progress bar, rank 0's
 
@@ -181,6 +228,7 @@ class TrainingRun:
         from ..models.presets import build_model, load_model, model_context
         from .regularize import param_groups
         from .spikes import SpikeGuard
+        from .stabilizer import Stabilizer
 
         cfg = self.cfg
         check_out_dir(self.out, self.flag)
@@ -189,6 +237,9 @@ class TrainingRun:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = self._device(cfg.device)
+        check_precision(cfg.precision, self.device)
+        if cfg.fsdp and not self.dp.active:
+            raise ConfigError("--fsdp shards the model over processes: start it with accelerate launch --num_processes 2 (or more)")
         if cfg.optim.batch_size % self.dp.world:
             raise ConfigError(f"--batch-size {cfg.optim.batch_size} does not split evenly over {self.dp.world} processes "
                               "(each rank takes an equal share of every batch)")
@@ -234,8 +285,13 @@ class TrainingRun:
                 seed=cfg.seed, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                 overrides=mcfg.overrides,
             )
-        self.model = model.to(self.device)
-        self.model.train()
+        model = model.to(self.device)
+        model.train()
+        if cfg.gradient_checkpointing:
+            if not getattr(model, "supports_gradient_checkpointing", False):
+                raise ConfigError(f"--gradient-checkpointing: {type(model).__name__} does not support it")
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model = model  # the plain module: checkpoints and the final folder are written from it
         groups = param_groups(model, cfg.optim.weight_decay, decay_embeddings=cfg.optim.decay_embeddings)
         self.decayed = groups[0]["params"]
         self.group_names = [g.pop("names") for g in groups]
@@ -246,8 +302,21 @@ class TrainingRun:
         self.clipper = self.build_clipper(cfg.clip, model)
         g = cfg.guard
         self.guard = SpikeGuard(g.action, sigma=g.sigma, window=g.window, min_samples=g.min_samples, max_consecutive=g.max_consecutive)
-        self.ema = [p.detach().clone() for gr in groups for p in gr["params"]] if cfg.ema else None
+        # what runs the forward pass: compiled (opt-in), then wrapped by accelerate (DDP under a launcher)
+        forward = torch.compile(model) if cfg.compile else model
+        self.forward_model = self.dp.accelerator.prepare_model(forward, device_placement=False)
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+        self.hooks = _RunHooks(["decay", "no_decay"])  # param_groups order
+        self.stabilizer = Stabilizer(
+            self.forward_model, self.optimizer, self.clipper, self.guard, accum_steps=cfg.optim.grad_accum,
+            accelerator=self.dp.accelerator, ema=cfg.ema, hooks=[self.hooks], owns_checkpoints=True,
+            scaler=torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None,
+            stop_hint=f"the checkpoints in {self.out / 'checkpoints'} are intact - lower --lr, clip harder, "
+                      "or raise --guard-max-consecutive",
+        )
         self.data_offset = 0
+        self.rollbacks = 0
+        self.lr_low_until = 0  # steps before this one run at --rollback-lr-factor after a rollback
         self.fired: set[str] = set()
         self.n_params = sum(p.numel() for p in model.parameters())
 
@@ -318,6 +387,7 @@ class TrainingRun:
 
     def _restore(self, path: Path) -> dict[str, Any]:
         """Load weights, optimizer, RNG and stateful pieces from a checkpoint folder."""
+        import torch
         from safetensors.torch import load_model as load_weights
 
         from .checkpoint import load_training_state, verify_checkpoint
@@ -330,12 +400,16 @@ class TrainingRun:
         state, extra = load_training_state(path, self.optimizer)
         if "clipper" in extra and hasattr(self.clipper, "load_state_dict"):
             self.clipper.load_state_dict(extra["clipper"])
-        if self.ema is not None and "ema" in extra:
-            for e, saved in zip(self.ema, extra["ema"]):
-                e.copy_(saved)
+        stab = self.stabilizer
+        if stab.ema_params is not None and "ema" in extra:
+            torch._foreach_copy_(stab.ema_params, extra["ema"])
+        if stab.scaler is not None and "scaler" in extra:
+            stab.scaler.load_state_dict(extra["scaler"])
         if "guard" in state:
             self.guard.load_state_dict(state["guard"])
         self.data_offset = int(state.get("data_offset", 0))
+        self.rollbacks = int(state.get("rollbacks", 0))
+        self.lr_low_until = int(state.get("lr_low_until", 0))
         return state
 
     # ------------------------------------------------------------------ train
@@ -345,8 +419,11 @@ class TrainingRun:
         extra: dict[str, Any] = {}
         if hasattr(self.clipper, "state_dict"):
             extra["clipper"] = self.clipper.state_dict()
-        if self.ema is not None:
-            extra["ema"] = [e.clone() for e in self.ema]
+        stab = self.stabilizer
+        if stab.ema_params is not None:
+            extra["ema"] = [e.clone() for e in stab.ema_params]
+        if stab.scaler is not None:
+            extra["scaler"] = stab.scaler.state_dict()
         if not self.dp.main:
             self.dp.barrier()  # wait until rank 0 has written it
             return
@@ -363,6 +440,7 @@ class TrainingRun:
                                "scheduler": {"kind": "warmup_cosine", "step": step, "warmup_steps": self.cfg.warmup_steps,
                                              "next_lr": lr_at(step, self.cfg) if step < self.cfg.steps else None},
                                "guard": self.guard.state_dict(), "fired": sorted(self.fired),
+                               "rollbacks": self.rollbacks, "lr_low_until": self.lr_low_until,
                                "seconds": seconds, "steadylm": __version__})
 
     def _rollback(self, step: int, logger) -> int:
@@ -378,14 +456,21 @@ class TrainingRun:
         back = min(self.guard.consecutive, len(before))
         target, path = before[-back]
         offset_before = self.data_offset
-        guard_state = self.guard.state_dict()
+        guard_state, rollbacks = self.guard.state_dict(), self.rollbacks
         self._restore(path)
-        self.guard.load_state_dict(guard_state)  # the incident history is not rolled back
+        self.guard.load_state_dict(guard_state)  # the incident history is not rolled back, nor the count
+        self.rollbacks = rollbacks
         # Skip every batch since the checkpoint, the bad one included (PaLM's remedy).
         self.data_offset = offset_before + (step - target) * self.cfg.optim.batch_size * self.cfg.optim.grad_accum
+        self.rollbacks += 1
         logger.rewind(target)
         logger.log({"step": step, "event": "rollback", "to_step": target,
-                    "skipped_samples": self.data_offset - offset_before})
+                    "skipped_samples": self.data_offset - offset_before, "rollbacks": self.rollbacks})
+        g = self.cfg.guard
+        if g.rollback_lr_steps and g.rollback_lr_factor < 1.0:
+            self.lr_low_until = target + g.rollback_lr_steps
+            logger.log({"step": step, "event": "lr_lowered", "factor": g.rollback_lr_factor,
+                        "from_step": target + 1, "until_step": self.lr_low_until})
         return target
 
     def run(self) -> dict[str, Any]:
@@ -396,28 +481,19 @@ class TrainingRun:
             self.lock.release()
 
     def _run(self) -> dict[str, Any]:
-        import torch
-        import torch.nn.functional as F
-
         from ..progress import make_progress
-        from .monitor import AttentionProbe, MetricsLogger, update_ratios
-        from .regularize import l1_penalty, l2_penalty
-        from .spikes import GuardStop, parse_injection
+        from .monitor import AttentionProbe, MetricsLogger
+        from .spikes import GuardStop
 
         self.setup()
         self._prepare_folder()
         cfg = self.cfg
-        B, A, T = cfg.optim.batch_size, cfg.optim.grad_accum, cfg.data.context
-        injections = {}
+        self.injections = {}
         for spec in cfg.guard.inject:  # a later spec for the same kind and step overrides an earlier one
             inj = parse_injection(spec)
-            injections[(inj.kind, inj.step)] = inj
+            self.injections[(inj.kind, inj.step)] = inj
         logger = MetricsLogger(self.out, resume_step=self.start_step if self.resuming else None) if self.dp.main else _NoLogger()
-        dev, dp = self.device, self.dp
-        model, opt, params = self.model, self.optimizer, [p for g in self.optimizer.param_groups for p in g["params"]]
-        penalized = bool(cfg.optim.l2 or cfg.optim.l1)
-        probe = AttentionProbe(model) if cfg.monitor_every else None
-        group_names = ["decay", "no_decay"]
+        self.probe = AttentionProbe(self.model) if cfg.monitor_every else None
         if cfg.guard.action == "rollback" and not self.resuming and self.start_step == 0:
             self._checkpoint(0, 0.0)  # something to roll back to before the first regular checkpoint
         t_start = time.perf_counter()
@@ -427,105 +503,21 @@ class TrainingRun:
             with make_progress() as bar:
                 task = bar.add_task("train", total=cfg.steps, completed=self.start_step, info="")
                 while step < cfg.steps:
-                    t0 = time.perf_counter()
                     n = step + 1  # the step being taken, counting from 1
-                    fire = {k: v for (k, s_), v in injections.items() if s_ == n and v.spec not in self.fired}
-                    for inj in fire.values():
-                        self.fired.add(inj.spec)
-                        logger.log({"step": n, "event": "inject", "kind": inj.kind, "factor": inj.factor, "spec": inj.spec})
-                    lr = lr_at(step, cfg) * (fire["lr"].factor if "lr" in fire else 1.0)
-                    for g in opt.param_groups:
-                        g["lr"] = lr
-                    loss_sum = torch.zeros((), device=dev)
-                    z_sum = torch.zeros((), device=dev)
-                    first_sample = step * A * B + self.data_offset
-                    watch = bool(cfg.monitor_every) and n % cfg.monitor_every == 0
-                    if probe is not None:
-                        probe.armed = watch
-                    log_z = None
-                    for micro in range(A):
-                        x, y = self.data.batch(first_sample + micro * B, B)  # (B, T) each
-                        if dp.active:  # this rank's equal share of the global batch
-                            x, y = x[dp.rank::dp.world], y[dp.rank::dp.world]  # (B/world, T)
-                        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-                        logits = model(input_ids=x, use_cache=False).logits  # (B, T, V)
-                        flat = logits.reshape(-1, logits.size(-1)).float()  # (B*T, V)
-                        loss = F.cross_entropy(flat, y.reshape(-1))
-                        if watch and micro == 0:
-                            log_z = flat.detach().logsumexp(-1)  # (B*T,)
-                        if "nan" in fire:
-                            loss = loss * float("nan")
-                        total = loss / A
-                        if cfg.z_loss:
-                            z = flat.logsumexp(-1).pow(2).mean()  # log^2 Z per token
-                            total = total + cfg.z_loss * z / A
-                            z_sum += z.detach()
-                        if micro == 0 and penalized:
-                            penalty = l2_penalty(self.decayed, cfg.optim.l2) + l1_penalty(self.decayed, cfg.optim.l1)
-                            total = total + penalty
-                        total.backward()
-                        loss_sum += loss.detach()
-                    if dp.active:  # the global gradient and loss on every rank
-                        dp.mean_([p.grad for p in params] + [loss_sum, z_sum])
-                    if "spike" in fire:
-                        for p in params:
-                            if p.grad is not None:
-                                p.grad.mul_(fire["spike"].factor)
-                    stats = self.clipper.clip_(params)
-                    loss_val, norm_val = float(loss_sum) / A, float(stats.norm)
-                    incidents = self.guard.check(n, loss_val, norm_val)
-                    act = self.guard.action if incidents else "none"
-                    if act in ("skip", "rollback"):
-                        opt.zero_grad(set_to_none=True)  # the update is not taken
-                    else:
-                        before = [p.detach().clone() for p in params] if watch else None
-                        opt.step()
-                        opt.zero_grad(set_to_none=True)
-                        if watch:
-                            ratios = update_ratios(before, [g["params"] for g in opt.param_groups], group_names)
-                        if self.ema is not None:
-                            torch._foreach_lerp_(self.ema, [p.detach() for p in params], 1.0 - cfg.ema)
-                    dt = time.perf_counter() - t0
-                    record = {
-                        "step": n, "loss": loss_val, "grad_norm": norm_val, "clipped": bool(stats.clipped),
-                        "threshold": float(stats.threshold), "lr": lr, "tokens_per_s": B * A * T / dt,
-                    }
-                    if penalized:
-                        record["penalty"] = float(penalty.detach())
-                    if cfg.z_loss:
-                        record["z_loss"] = float(z_sum) / A
-                    if stats.post_norm is not None:
-                        record["post_norm"] = float(stats.post_norm)
-                    if watch:
-                        if act == "none":
-                            record.update(ratios)
-                        if log_z is not None:
-                            record["log_z_mean"] = float(log_z.mean())
-                            record["log_z_max"] = float(log_z.max())
-                        if probe is not None and probe.supported:
-                            record["max_attn_logit"] = probe.take()
-                    if incidents:
-                        record["skipped"] = act in ("skip", "rollback")
-                    logger.log(record)
-                    for inc in incidents:
-                        logger.log({"step": n, "event": "incident", "kind": inc.kind, "value": inc.value,
-                                    "threshold": inc.threshold, "action": act,
-                                    "batches": list(range(first_sample, first_sample + A * B))})
-                    if self.guard.over_limit():
-                        raise GuardStop(
-                            f"stopped at step {n}: {self.guard.consecutive} incidents in a row "
-                            f"(last: {incidents[-1].kind} {incidents[-1].value:.4g}); the checkpoints in {self.out / 'checkpoints'} "
-                            "are intact - lower --lr, clip harder, or raise --guard-max-consecutive"
-                        )
-                    if act == "rollback":
+                    report = self._train_step(n, logger)
+                    if report.action == "rollback":
+                        limit = cfg.guard.max_rollbacks
+                        if limit is not None and self.rollbacks >= limit:
+                            raise GuardStop(f"stopped at step {n}: {self.rollbacks} rollbacks, the limit set by --guard-max-rollbacks; "
+                                            f"the checkpoints in {self.out / 'checkpoints'} are intact - lower --lr or clip harder")
                         target = self._rollback(n, logger)
                         if target >= 0:
                             step = target
                             bar.update(task, completed=step, info=f"rolled back to {target}")
                             continue
-                    if math.isfinite(loss_val):
-                        last_loss = loss_val
-                    bar.update(task, advance=1, info=f"loss {loss_val:.3f}")
+                    if math.isfinite(report.loss):
+                        last_loss = report.loss
+                    bar.update(task, advance=1, info=f"loss {report.loss:.3f}")
                     step = n
                     if n % cfg.checkpoint.every == 0 or n == cfg.steps:
                         self._checkpoint(n, self.elapsed_before + time.perf_counter() - t_start)
@@ -539,8 +531,8 @@ class TrainingRun:
             raise
         finally:
             logger.close()
-            if probe is not None:
-                probe.close()
+            if self.probe is not None:
+                self.probe.close()
         if not self.dp.main:
             self.dp.close()  # rank 0 writes the model and evaluates it
             return {"rank": self.dp.rank, "world_size": self.dp.world, "final_loss": last_loss}
@@ -548,6 +540,107 @@ class TrainingRun:
             return self.finish(last_loss, time.perf_counter() - t_start)  # training time only
         finally:
             self.dp.close()
+
+    def _lr(self, step: int) -> float:
+        """The schedule's learning rate for ``step`` (from 0), lowered for a while after a rollback."""
+        lr = lr_at(step, self.cfg)
+        return lr * self.cfg.guard.rollback_lr_factor if step < self.lr_low_until else lr
+
+    def _train_step(self, n: int, logger):
+        """Optimizer step ``n`` (from 1): the batches, forward passes and the `Stabilizer`; one log line.
+
+        Everything steadylm adds (injected faults, the monitor) sits around ``stab.step``; the
+        Stabilizer alone turns the loss into an update. Host reads: one per step (the Stabilizer's),
+        more only on monitor steps."""
+        import torch
+        import torch.nn.functional as F
+
+        from .regularize import l1_penalty, l2_penalty
+        from .spikes import GuardStop
+
+        cfg, dp, stab, dev = self.cfg, self.dp, self.stabilizer, self.device
+        B, A = cfg.optim.batch_size, cfg.optim.grad_accum
+        t0 = time.perf_counter()
+        fire = {k: v for (k, s_), v in self.injections.items() if s_ == n and v.spec not in self.fired}
+        for inj in fire.values():
+            self.fired.add(inj.spec)
+            logger.log({"step": n, "event": "inject", "kind": inj.kind, "factor": inj.factor, "spec": inj.spec})
+        lr = self._lr(n - 1) * (fire["lr"].factor if "lr" in fire else 1.0)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        watch = bool(cfg.monitor_every) and n % cfg.monitor_every == 0
+        if self.probe is not None:
+            self.probe.armed = watch
+        self.hooks.arm(watch=watch, spike=fire["spike"].factor if "spike" in fire else None)
+        first_sample = (n - 1) * A * B + self.data_offset
+        penalized = bool(cfg.optim.l2 or cfg.optim.l1)
+        z_sum = torch.zeros((), device=dev) if cfg.z_loss else None
+        extras: dict[str, torch.Tensor] = {}
+        for micro in range(A):
+            x, y = self.data.batch(first_sample + micro * B, B)  # (B, T) each
+            if dp.active:  # this rank's equal share of the global batch
+                x, y = x[dp.rank::dp.world], y[dp.rank::dp.world]  # (B/world, T)
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            with stab.accumulate(), torch.autocast(dev.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                logits = self.forward_model(input_ids=x, use_cache=False).logits  # (B, T, V)
+            flat = logits.reshape(-1, logits.size(-1)).float()  # (B*T, V)
+            loss = F.cross_entropy(flat, y.reshape(-1))
+            if "nan" in fire:
+                loss = loss * float("nan")
+            aux = None
+            if cfg.z_loss:
+                z = flat.logsumexp(-1).pow(2).mean()  # log^2 Z per token
+                aux = cfg.z_loss * z
+                z_sum += z.detach()
+            if micro == 0 and penalized:  # once per step: A x, as the step divides by A
+                penalty = l2_penalty(self.decayed, cfg.optim.l2) + l1_penalty(self.decayed, cfg.optim.l1)
+                aux = A * penalty if aux is None else aux + A * penalty
+                extras["penalty"] = penalty.detach()
+            if watch and micro == 0:
+                log_z = flat.detach().logsumexp(-1)  # (B*T,)
+                extras.update(log_z_mean=log_z.mean(), log_z_max=log_z.max())
+            if micro == A - 1 and z_sum is not None:
+                extras["z_loss"] = dp.mean(z_sum / A)
+            try:
+                report = stab.step(loss, aux=aux, extras=extras if micro == A - 1 else None)
+            except GuardStop as stop:  # log the step that stopped the run, then stop
+                self._log_step(logger, n, stop.report, lr, first_sample, time.perf_counter() - t0)
+                raise
+        self._log_step(logger, n, report, lr, first_sample, time.perf_counter() - t0)
+        return report
+
+    def _log_step(self, logger, n: int, report, lr: float, first_sample: int, seconds: float) -> None:
+        """The step's metrics line and its events (incidents, an fp16 overflow)."""
+        cfg = self.cfg
+        B, A, T = cfg.optim.batch_size, cfg.optim.grad_accum, cfg.data.context
+        record = {"step": n, "loss": report.loss, "grad_norm": report.grad_norm, "clipped": report.clipped,
+                  "threshold": report.threshold, "lr": lr, "tokens_per_s": B * A * T / seconds}
+        ex = report.extras
+        if "penalty" in ex:
+            record["penalty"] = ex["penalty"]
+        if "z_loss" in ex:
+            record["z_loss"] = ex["z_loss"]
+        if report.post_norm is not None:
+            record["post_norm"] = report.post_norm
+        if report.loss_scale is not None:
+            record["loss_scale"] = report.loss_scale
+        if self.hooks.watch:
+            record.update(self.hooks.ratios)  # empty when the update was not taken
+            if "log_z_mean" in ex:
+                record["log_z_mean"], record["log_z_max"] = ex["log_z_mean"], ex["log_z_max"]
+            if self.probe is not None and self.probe.supported:
+                record["max_attn_logit"] = self.probe.take()
+        if report.incidents or report.overflow:
+            record["skipped"] = report.skipped
+        logger.log(record)
+        if report.overflow:
+            scaler = self.stabilizer.scaler
+            logger.log({"step": n, "event": "overflow", "loss_scale": report.loss_scale,
+                        "next_loss_scale": report.loss_scale * scaler.get_backoff_factor()})
+        for inc in report.incidents:
+            logger.log({"step": n, "event": "incident", "kind": inc.kind, "value": inc.value,
+                        "threshold": inc.threshold, "action": inc.action,
+                        "batches": list(range(first_sample, first_sample + A * B))})
 
     # ------------------------------------------------------------------ finish
     def finish(self, last_loss: float, seconds: float) -> dict[str, Any]:
@@ -561,7 +654,7 @@ class TrainingRun:
         val = compute_perplexity(self.model, self.tokenizer, self.val_docs, window=cfg.data.context,
                                  batch_size=cfg.eval_batch_size, progress=True,
                                  settings={"model": model_hash(model_dir), "tok": tokenizer_signature(self.tokenizer), "dtype": "float32"})
-        if self.ema is not None:
+        if self.stabilizer.ema_params is not None:
             self._save_ema()
         metrics = read_metrics(self.out)
         if math.isnan(last_loss) and metrics:
@@ -584,7 +677,7 @@ class TrainingRun:
             "val_signature": val.signature,
             **self.incident_summary(),
         }
-        if self.ema is not None:
+        if self.stabilizer.ema_params is not None:
             summary["ema_model"] = str(self.out / "model-ema")
         write_json_atomic(self.out / "summary.json", summary)
         return summary
@@ -619,7 +712,7 @@ class TrainingRun:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         raw = [p.detach().clone() for p in params]
         with torch.no_grad():
-            torch._foreach_copy_(params, self.ema)
+            torch._foreach_copy_(params, self.stabilizer.ema_params)
             save_model(self.model, self.tokenizer, self.out / "model-ema")
             torch._foreach_copy_(params, raw)
 

@@ -322,8 +322,10 @@ class Stabilizer:
             self.scheduler.step()
         if self.guard is not None and self.guard.over_limit():
             last = report.incidents[-1]
-            raise GuardStop(f"stopped at step {report.step}: {self.guard.consecutive} incidents in a row "
-                            f"(last: {last.kind} {last.value:.4g}); {self.stop_hint}")
+            stop = GuardStop(f"stopped at step {report.step}: {self.guard.consecutive} incidents in a row "
+                             f"(last: {last.kind} {last.value:.4g}); {self.stop_hint}")
+            stop.report = report  # the step that stopped the run, for the caller's log
+            raise stop
 
     def _update(self, loss_mean: torch.Tensor, extras: dict[str, torch.Tensor]) -> StepReport:
         opt = self.optimizer
