@@ -45,7 +45,7 @@ One process, one model each, interleaved: after ``--warmup`` steps of each side 
 ``--rounds`` rounds alternate blocks of ``--steps`` optimizer steps, ordered S B | B S | S B ...
 (ABBA, so neither side always runs on a cache warmed by the other). steadylm runs its real
 ``TrainingRun.run()``; the benchmark hooks the start of each step (the call of ``loop.lr_at``
-made from ``run()`` itself, near the top of the step) to take a timestamp, and runs the bare blocks from inside that hook, before
+made from ``TrainingRun._lr``, near the top of the step) to take a timestamp, and runs the bare blocks from inside that hook, before
 taking the timestamp that starts steadylm's next step. A steadylm step's time is therefore the
 wall time of its *whole loop body* (logging, progress, checkpoint included), from one step start
 to the next; the final validation/model export in ``finish()`` is not part of training and is

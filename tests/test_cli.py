@@ -47,7 +47,7 @@ def bad_files(tmp_path_factory):
         (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
         (["--weight-decay", "-0.1"], "--weight-decay must be zero or more"),
         (["--checkpoint-every", "0"], "--checkpoint-every must be positive"),
-        (["--preset", "huge"], "unknown preset 'huge'"),
+        (["--preset", "huge"], "unknown --preset 'huge'"),
         (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
         (["--clip", "zlip"], "unknown --clip 'zlip'"),
         (["--clip", "autoclip", "--percentile", "0"], "--percentile must be in (0, 100]"),

@@ -199,13 +199,13 @@ def test_bad_ensemble_specs():
     (["", "  ", "\n"], None, 0.0, None),
 ])
 def test_majority_vote(outputs, answer, share, index):
-    from steadylm.ensemble.select import majority_vote
+    from steadylm.evaluate.select import majority_vote
 
     assert majority_vote(outputs) == {"answer": answer, "share": pytest.approx(share), "index": index}
 
 
 def test_majority_vote_tie_goes_to_the_first_seen():
-    from steadylm.ensemble.select import majority_vote
+    from steadylm.evaluate.select import majority_vote
 
     assert majority_vote(["red", "blue", "blue", "red"]) == {"answer": "red", "share": 0.5, "index": 0}
 
@@ -213,7 +213,7 @@ def test_majority_vote_tie_goes_to_the_first_seen():
 def test_mbr_picks_the_consensus_candidate():
     import sacrebleu
 
-    from steadylm.ensemble.select import mbr_select
+    from steadylm.evaluate.select import mbr_select
 
     cands = ["a dog ran in the park", "the cat sat on the mat", "the cat sat on a mat", "the cat is on the mat"]
     r = mbr_select(cands)
@@ -230,7 +230,7 @@ def test_mbr_picks_the_consensus_candidate():
 def test_mbr_chinese_uses_the_zh_tokenizer():
     import sacrebleu
 
-    from steadylm.ensemble.select import mbr_select
+    from steadylm.evaluate.select import mbr_select
 
     cands = ["猫坐在垫子上。", "狗在公园里跑。", "猫坐在垫子上了。", "一只猫坐在垫子上。"]
     r = mbr_select(cands, utility="bleu")
@@ -241,7 +241,7 @@ def test_mbr_chinese_uses_the_zh_tokenizer():
 
 
 def test_mbr_edge_cases():
-    from steadylm.ensemble.select import majority_vote, mbr_select
+    from steadylm.evaluate.select import majority_vote, mbr_select
 
     assert mbr_select(["only one"]) == {"index": 0, "text": "only one", "expected_utility": [None]}
     with pytest.raises(ConfigError, match="the candidate set is empty"):
@@ -400,3 +400,33 @@ def test_ensemble_perplexity(nano_model_dir, nano_b, tmp_path):
     ens = evaluate_perplexity(f"ensemble:{nano_model_dir},{nano_b}", str(docs), progress=False)
     assert ens.token_perplexity <= math.sqrt(a.token_perplexity * b.token_perplexity) * (1 + 1e-6)
     assert ens.signature != a.signature and "ensemble:prob" in ens.signature
+
+
+def test_robustness_measures_the_ensembles_perplexity_shift(nano_model_dir, nano_b, tmp_path):
+    """An ensemble scores text (`eval perplexity` scores it), so `eval robustness` measures its prompt
+    perplexity shift too - with the numbers `compute_perplexity` gives on the combined model."""
+    from steadylm.evaluate.backends import DecodingSettings, open_backend
+    from steadylm.evaluate.perplexity import compute_perplexity
+    from steadylm.evaluate.prompts import PromptItem
+    from steadylm.evaluate.robustness import RobustnessConfig, RobustnessEval
+
+    items = [PromptItem("a", prompt="The module is imported once"), PromptItem("b", prompt="A loop runs over the list")]
+    cfg = RobustnessConfig(kinds=("upper",), decoding=DecodingSettings(temperature=0.0, max_new_tokens=3),
+                           budget=1, queries=1, adv_items=0, bootstrap=100)
+    backend = open_backend(f"ensemble:{nano_model_dir},{nano_b}", batch_size=4)
+    ev = RobustnessEval(backend, items, cfg, tmp_path / "o", progress=False)
+    try:
+        res = ev.run()
+    finally:
+        ev.close()
+    ps = res["kinds"]["upper"]["perplexity_shift"]
+    assert ps["measured"] is True, ps
+    lines = [json.loads(x) for x in (tmp_path / "o" / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
+    prompts = {v: [g["prompt"] for g in lines if g["set"] == "in" and g["variant"] == v] for v in ("clean", "upper")}
+    assert prompts["upper"] == [p.upper() for p in prompts["clean"]]
+    bpb = {v: compute_perplexity(backend.scoring_model(), backend.tokenizer, p, window=64, progress=False).bits_per_byte
+           for v, p in prompts.items()}
+    assert ps["clean_bits_per_byte"] == pytest.approx(bpb["clean"], abs=1e-4)
+    assert ps["delta_bits_per_byte"] == pytest.approx(bpb["upper"] - bpb["clean"], abs=1e-4)
+    assert res["clean"]["perplexity"]["measured"] is True
+    assert res["signature"]["perplexity"]["window"] == 64

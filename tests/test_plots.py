@@ -95,7 +95,7 @@ def test_plot_run_optional_plots_only_when_logged(tmp_path):
 
 
 def test_series_nulls_are_gaps_and_flagged(tmp_path):
-    r = plots._Run(write_run(tmp_path / "run"))
+    r = plots.RunRecords(write_run(tmp_path / "run"))
     x, y, bad = r.series("loss")
     assert bad == [30]
     assert math.isnan(y[x.index(30)])
@@ -109,7 +109,7 @@ def test_incident_markers_placement(tmp_path):
     """Non-finite incidents and rolled-back ones sit at the top edge; a grad spike at its value."""
     run = write_run(tmp_path / "run")
     fig, (ax,) = plots._figure()
-    r = plots._Run(run)
+    r = plots.RunRecords(run)
     x, y, _ = r.series("grad_norm", positive=True)
     plots._mark_incidents(ax, r, x, y, own_kinds={"grad_spike"})
     by_label = {c.get_label(): c for c in ax.collections}

@@ -14,9 +14,10 @@ import pytest
 
 from steadylm.cli import main
 from steadylm.errors import SteadyError
+from steadylm.evaluate.judge import judge_outputs, parse_judgement
 from steadylm.report.html import NO_INPUTS, SECTIONS, build_report
-from steadylm.report.human import CRITERIA, export_ratings, import_ratings, judge_outputs, parse_judgement
-from steadylm.report.krippendorff import krippendorff_alpha
+from steadylm.report.human import CRITERIA, export_ratings, import_ratings
+from steadylm.stats import krippendorff_alpha
 
 HEADINGS = [h for _, h in SECTIONS]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

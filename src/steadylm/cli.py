@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from typing import Any, Sequence
 
 from . import __version__
-from .config import CLIP_METHODS, GUARD_ACTIONS, SECTIONS, TrainConfig, help_of, load_config_file, merge
+from .config import Option, TrainConfig, field_types, help_of, load_config_file, merge, train_options
 from .errors import ConfigError, SteadyError
 from .fsutil import to_json
 from .runtime import check_threads, launch_ranks
@@ -45,94 +46,54 @@ def _threads(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None  # argparse names the flag
 
 
-# flag, section (None = top level), field, type
-_TRAIN_FLAGS: list[tuple[str, str | None, str, Any]] = [
-    ("--data", "data", "source", str),
-    ("--context", "data", "context", int),
-    ("--vocab-size", "data", "vocab_size", int),
-    ("--val-fraction", "data", "val_fraction", float),
-    ("--corrupt-fraction", "data", "corrupt_fraction", float),
-    ("--duplicate-fraction", "data", "duplicate_fraction", float),
-    ("--preset", "model", "preset", str),
-    ("--model", "model", "path", str),
-    ("--dropout", "model", "dropout", float),
-    ("--steps", None, "steps", int),
-    ("--seed", None, "seed", int),
-    ("--threads", None, "threads", _threads),
-    ("--device", None, "device", str),
-    ("--eval-batch-size", None, "eval_batch_size", int),
-    ("--lr", "optim", "lr", float),
-    ("--min-lr-ratio", "optim", "min_lr_ratio", float),
-    ("--warmup-steps", "optim", "warmup_steps", int),
-    ("--batch-size", "optim", "batch_size", int),
-    ("--grad-accum", "optim", "grad_accum", int),
-    ("--weight-decay", "optim", "weight_decay", float),
-    ("--l2", "optim", "l2", float),
-    ("--l1", "optim", "l1", float),
-    ("--clip", "clip", "method", str),
-    ("--max-norm", "clip", "max_norm", float),
-    ("--clip-value", "clip", "clip_value", float),
-    ("--percentile", "clip", "percentile", float),
-    ("--history", "clip", "history", int),
-    ("--alpha", "clip", "alpha", float),
-    ("--z-thresh", "clip", "z_thresh", float),
-    ("--zclip-warmup", "clip", "zclip_warmup", int),
-    ("--zclip-mode", "clip", "zclip_mode", str),
-    ("--zclip-option", "clip", "zclip_option", str),
-    ("--zclip-factor", "clip", "zclip_factor", float),
-    ("--agc-clipping", "clip", "agc_clipping", float),
-    ("--agc-eps", "clip", "agc_eps", float),
-    ("--checkpoint-every", "checkpoint", "every", int),
-    ("--keep-checkpoints", "checkpoint", "keep", int),
-    ("--guard", "guard", "action", str),
-    ("--guard-sigma", "guard", "sigma", float),
-    ("--guard-window", "guard", "window", int),
-    ("--guard-min-samples", "guard", "min_samples", int),
-    ("--guard-max-consecutive", "guard", "max_consecutive", int),
-    ("--inject", "guard", "inject", list),
-    ("--z-loss", None, "z_loss", float),
-    ("--ema", None, "ema", float),
-    ("--monitor-every", None, "monitor_every", int),
-]
+#: flags whose text is checked as it is parsed, as every command's flag of that name is
+_ARG_TYPES = {"--threads": _threads}
 
 
 def _dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
 
+def _flag_kwargs(o: Option) -> dict[str, Any]:
+    """argparse's keywords for the flag of one config field: the type from its annotation
+    (``int | None`` -> int, ``list[str]`` -> repeatable), a boolean storing the opposite of its
+    default, default None so the dataclass default applies. Choices show as the metavar but are
+    checked by the config, so a flag and a --config file get the same one-line message."""
+    meta, hint = o.field.metadata, field_types(o.cls)[o.field.name]
+    kw: dict[str, Any] = {"dest": _dest(o.flag), "default": None, "help": help_of(o.cls, o.field.name)}
+    if hint is bool:
+        return {**kw, "action": "store_const", "const": not o.field.default}
+    if typing.get_origin(hint) is list:
+        kw.update(action="append", type=typing.get_args(hint)[0])
+    else:
+        (typ,) = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        kw["type"] = _ARG_TYPES.get(o.flag, typ)
+    if meta["choices"]:
+        kw["metavar"] = "{" + ",".join(meta["choices"]) + "}"
+    if meta["metavar"]:
+        kw["metavar"] = meta["metavar"]
+    return kw
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    for flag, section, name, typ in _TRAIN_FLAGS:
-        cls = SECTIONS[section] if section else TrainConfig
-        kw: dict[str, Any] = {"type": typ, "default": None, "help": help_of(cls, name)}
-        if typ is list:
-            kw.update(type=str, action="append", metavar="SPEC")
-        if flag == "--clip":
-            kw["metavar"] = "{" + ",".join(CLIP_METHODS) + "}"
-        if flag == "--guard":
-            kw["metavar"] = "{" + ",".join(GUARD_ACTIONS) + "}"
-        p.add_argument(flag, dest=_dest(flag), **kw)
-    p.add_argument("--zclip-skip-on-spike", action="store_true", default=None, help=help_of(SECTIONS["clip"], "zclip_skip_on_spike"))
-    p.add_argument("--agc-clip-output", action="store_true", default=None, help="AGC: clip the output layer too")
-    p.add_argument("--no-decay-embeddings", action="store_true", default=None, help="no weight decay on embedding matrices (OLMo 2)")
-    p.add_argument("--trust-remote-code", action="store_true", default=None, help=help_of(SECTIONS["model"], "trust_remote_code"))
+    """One flag per field of `TrainConfig` and its sections (`steadylm.config.train_options`),
+    grouped by section as a --config file is, each group described by its dataclass's docstring."""
+    groups: dict[str | None, Any] = {}
+    for o in train_options():
+        if o.section not in groups:
+            title = f"[{o.section}]" if o.section else "training"
+            groups[o.section] = p.add_argument_group(title, (o.cls.__doc__ or "").strip().splitlines()[0].replace("`", ""))
+        groups[o.section].add_argument(o.flag, **_flag_kwargs(o))
     p.add_argument("--config", metavar="FILE.toml", help="a TOML (or JSON) file with any of these settings; flags override it")
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The fields the flags given set, as a --config table."""
     d: dict[str, Any] = {}
-    for flag, section, name, _ in _TRAIN_FLAGS:
-        v = getattr(args, _dest(flag))
-        if v is None:
-            continue
-        (d.setdefault(section, {}) if section else d)[name] = v
-    if args.no_decay_embeddings:
-        d.setdefault("optim", {})["decay_embeddings"] = False
-    if args.zclip_skip_on_spike:
-        d.setdefault("clip", {})["zclip_skip_on_spike"] = True
-    if args.agc_clip_output:
-        d.setdefault("clip", {})["agc_skip_output"] = False
-    if args.trust_remote_code:
-        d.setdefault("model", {})["trust_remote_code"] = True
+    for o in train_options():
+        v = getattr(args, _dest(o.flag))
+        if v is not None:
+            (d.setdefault(o.section, {}) if o.section else d)[o.field.name] = v
     if getattr(args, "out", None) is not None:
         d["out"] = args.out
     return d
@@ -323,7 +284,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train.loop import TrainingRun
 
     if args.resume is not None:
-        given = [f for f, *_ in _TRAIN_FLAGS if getattr(args, _dest(f)) is not None]
+        given = [o.flag for o in train_options() if getattr(args, _dest(o.flag)) is not None]
         given += [f for f in ("--out", "--config") if getattr(args, _dest(f)) is not None]
         if args.overwrite:
             given.append("--overwrite")
@@ -540,7 +501,7 @@ def _cmd_soup(args: argparse.Namespace) -> int:
 
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:
-    from .ensemble.select import select_file
+    from .evaluate.select import select_file
     from .fsutil import check_out_file, write_text_atomic
 
     if args.out:
@@ -575,6 +536,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_human(args: argparse.Namespace) -> int:
+    from .evaluate import judge
     from .report import human
 
     if args.human_command == "export":
@@ -590,7 +552,7 @@ def _cmd_human(args: argparse.Namespace) -> int:
     else:
         if args.bootstrap < 100:
             raise SteadyError(f"--bootstrap must be >= 100 resamples, got {args.bootstrap}")
-        doc = human.judge_outputs(args.results, args.judge, out=args.out, per_prompt=args.per_prompt,
+        doc = judge.judge_outputs(args.results, args.judge, out=args.out, per_prompt=args.per_prompt,
                                   max_prompts=args.max_prompts, max_new_tokens=args.max_new_tokens, bootstrap=args.bootstrap,
                                   backend_options={"concurrency": args.concurrency, "api_key_env": args.api_key_env,
                                                    "timeout": args.timeout, "max_retries": args.max_retries})

@@ -1,8 +1,10 @@
 """Configuration: one dataclass per concern, validated in ``__post_init__``.
 
-Each field carries its one-line help in ``metadata["help"]``; the CLI builds its flags' help
-from these, so a default is written exactly once. Invalid values raise `ConfigError` (a
-`ValueError` and a `SteadyError`), never an ``assert``.
+Each field carries its one-line help and its command-line flag in its metadata (`_f`); the CLI
+generates the ``steadylm train`` flags from these (`train_options`), and every validation message
+names the flag with `flag_of`, so a default is written exactly once and a message cannot name a
+flag that does not exist. Invalid values raise `ConfigError` (a `ValueError` and a `SteadyError`),
+never an ``assert``.
 
 A training run is described by `TrainConfig`, whose sections map one-to-one to the tables of a
 TOML file given with ``--config``::
@@ -40,20 +42,45 @@ from .errors import ConfigError
 from .runtime import check_threads
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with its help text, so the CLI can reuse it."""
+def _f(default: Any, help: str, *, flag: str | None = "", choices: tuple[str, ...] = (), metavar: str = "",
+       flag_help: str = "") -> Any:
+    """A dataclass field with what the CLI generates its flag from: the help, the flag's name
+    (default: the field's, ``--beta2``; None: no flag, a file or ``--set`` only), the values a text
+    field takes, a metavar. A boolean's flag sets the opposite of its default; ``flag_help`` says
+    what that flag does when its name reads the other way (``--no-decay-embeddings``)."""
+    meta = {"help": help, "flag": flag, "choices": choices, "metavar": metavar, "flag_help": flag_help}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
-def _positive(name: str, value: float | None, *, allow_zero: bool = False) -> None:
+def _field(cls: Any, name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(cls) if f.name == name)
+
+
+def flag_of(cls: Any, name: str) -> str | None:
+    """The command-line flag of field ``name`` of config dataclass ``cls`` (or an instance), as
+    messages name it and the CLI generates it; None for a field set by a file or ``--set`` only."""
+    flag = _field(cls, name).metadata.get("flag", "")
+    return "--" + name.replace("_", "-") if flag == "" else flag
+
+
+def _positive(cfg: Any, name: str, *, allow_zero: bool = False) -> None:
+    """Refuse a field of ``cfg`` that is not positive (or zero, with ``allow_zero``); None passes."""
+    value = getattr(cfg, name)
     if value is None:
         return
     ok = value >= 0 if allow_zero else value > 0
     if not ok or (isinstance(value, float) and not math.isfinite(value)):
         bound = "zero or more" if allow_zero else "positive"
-        raise ConfigError(f"{name} must be {bound}, got {value!r}")
+        raise ConfigError(f"{flag_of(cfg, name)} must be {bound}, got {value!r}")
+
+
+def _one_of(cfg: Any, name: str) -> None:
+    """Refuse a field of ``cfg`` whose value is not one of its metadata's choices."""
+    value, choices = getattr(cfg, name), _field(cfg, name).metadata["choices"]
+    if value not in choices:
+        raise ConfigError(f"unknown {flag_of(cfg, name)} {value!r}; choose one of: {', '.join(choices)}")
 
 
 #: the integers a config may hold: what torch, numpy and JSON readers elsewhere take (int64)
@@ -148,7 +175,8 @@ def check_dict(cls: type, d: Any, origin: str) -> None:
 class DataConfig:
     """Where the text comes from and how it becomes training blocks."""
 
-    source: str = _f("builtin:pydoc", "training text: builtin:pydoc, a .txt file, a folder of .txt files, or a .jsonl file with a 'text' field")
+    source: str = _f("builtin:pydoc", "training text: builtin:pydoc, a .txt file, a folder of .txt files, or a .jsonl file with a 'text' field",
+                     flag="--data")
     val_fraction: float = _f(0.1, "share of documents held out for validation (split by document, deterministic)")
     context: int = _f(128, "tokens per training sequence")
     vocab_size: int = _f(4096, "vocabulary size of the byte-level BPE trained when no model folder is given")
@@ -156,15 +184,15 @@ class DataConfig:
     duplicate_fraction: float = _f(0.0, "share of training documents repeated once more (seeded) - a data-quality factor for sweeps")
 
     def __post_init__(self) -> None:
-        for name, v in (("--corrupt-fraction", self.corrupt_fraction), ("--duplicate-fraction", self.duplicate_fraction)):
-            if not 0.0 <= v <= 1.0:
-                raise ConfigError(f"{name} must be in [0, 1], got {v}")
-        _positive("--context", self.context)
-        _positive("--vocab-size", self.vocab_size)
+        for name in ("corrupt_fraction", "duplicate_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{flag_of(self, name)} must be in [0, 1], got {getattr(self, name)}")
+        _positive(self, "context")
+        _positive(self, "vocab_size")
         if self.vocab_size < 300:
-            raise ConfigError(f"--vocab-size must be at least 300 (256 bytes plus merges), got {self.vocab_size}")
+            raise ConfigError(f"{flag_of(self, 'vocab_size')} must be at least 300 (256 bytes plus merges), got {self.vocab_size}")
         if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+            raise ConfigError(f"{flag_of(self, 'val_fraction')} must be in (0, 1), got {self.val_fraction}")
 
 
 @dataclass
@@ -172,24 +200,25 @@ class ModelConfig:
     """Which model to train: a preset built from a transformers config, or a local HF folder."""
 
     preset: str | None = _f(None, "model preset to build from scratch (default: tiny); see `steadylm presets`")
-    path: str | None = _f(None, "a local Hugging Face causal-LM folder to fine-tune")
+    path: str | None = _f(None, "a local Hugging Face causal-LM folder to fine-tune", flag="--model", metavar="DIR")
     dropout: float = _f(0.0, "dropout rate set on every dropout field the model's config has")
     trust_remote_code: bool = _f(False, "allow a model folder's own Python code to run (only if you trust it)")
-    overrides: dict = _f({}, "extra fields for the preset's transformers config (TOML table [model.overrides])")
+    overrides: dict = _f({}, "extra fields for the preset's transformers config (TOML table [model.overrides])", flag=None)
 
     def __post_init__(self) -> None:
+        preset, path = flag_of(self, "preset"), flag_of(self, "path")
         if self.preset is not None and self.path is not None:
-            raise ConfigError("give either --preset or --model, not both")
+            raise ConfigError(f"give either {preset} or {path}, not both")
         if self.preset is not None:
             from .models.presets import PRESETS
 
             if self.preset not in PRESETS:
-                raise ConfigError(f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
+                raise ConfigError(f"unknown {preset} {self.preset!r}; known: {', '.join(PRESETS)}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"{flag_of(self, 'dropout')} must be in [0, 1), got {self.dropout}")
         if self.overrides:
             if self.path is not None:
-                raise ConfigError("model.overrides apply to a --preset only; a --model folder keeps its own config")
+                raise ConfigError(f"model.overrides apply to a {preset} only; a {path} folder keeps its own config")
             self._check_overrides()
 
     def _check_overrides(self) -> None:
@@ -224,24 +253,21 @@ class OptimConfig:
     beta2: float = _f(0.95, "AdamW beta2")
     eps: float = _f(1e-8, "AdamW epsilon")
     weight_decay: float = _f(0.1, "decoupled weight decay (AdamW); never applied to biases or norm weights")
-    decay_embeddings: bool = _f(True, "apply weight decay to the embedding matrices too")
+    decay_embeddings: bool = _f(True, "apply weight decay to the embedding matrices too", flag="--no-decay-embeddings",
+                                flag_help="no weight decay on embedding matrices (OLMo 2)")
     l2: float = _f(0.0, "coupled L2 penalty lambda: loss + lambda * sum(w^2) over decayed weights")
     l1: float = _f(0.0, "L1 penalty lambda: loss + lambda * sum(|w|) over decayed weights")
 
     def __post_init__(self) -> None:
-        _positive("--lr", self.lr)
-        _positive("--batch-size", self.batch_size)
-        _positive("--grad-accum", self.grad_accum)
-        _positive("--warmup-steps", self.warmup_steps, allow_zero=True)
-        _positive("--weight-decay", self.weight_decay, allow_zero=True)
-        _positive("--l2", self.l2, allow_zero=True)
-        _positive("--l1", self.l1, allow_zero=True)
-        _positive("--eps", self.eps)
+        for name in ("lr", "batch_size", "grad_accum", "eps"):
+            _positive(self, name)
+        for name in ("warmup_steps", "weight_decay", "l2", "l1"):
+            _positive(self, name, allow_zero=True)
         if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ConfigError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
-        for name, b in (("--beta1", self.beta1), ("--beta2", self.beta2)):
-            if not 0.0 <= b < 1.0:
-                raise ConfigError(f"{name} must be in [0, 1), got {b}")
+            raise ConfigError(f"{flag_of(self, 'min_lr_ratio')} must be in [0, 1], got {self.min_lr_ratio}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{flag_of(self, name)} must be in [0, 1), got {getattr(self, name)}")
 
 
 #: what an override of a transformers field whose default is None may be
@@ -257,7 +283,7 @@ ZCLIP_OPTIONS = ("adaptive_scaling", "mean")
 class ClipConfig:
     """Gradient clipping applied before every optimizer step (see `steadylm.train.clip`)."""
 
-    method: str = _f("norm", "gradient clipping: " + ", ".join(CLIP_METHODS))
+    method: str = _f("norm", "gradient clipping: " + ", ".join(CLIP_METHODS), flag="--clip", choices=CLIP_METHODS)
     max_norm: float = _f(1.0, "threshold of --clip norm (global L2 norm of all gradients); also ZClip's absolute cap (its max_grad_norm)")
     clip_value: float = _f(1.0, "threshold of --clip value (each gradient element to [-V, V])")
     percentile: float = _f(10.0, "AutoClip: clip to this percentile of the history of gradient norms, in (0, 100]")
@@ -265,33 +291,29 @@ class ClipConfig:
     alpha: float = _f(0.97, "ZClip: EMA smoothing factor of the norm's mean and variance, in (0, 1)")
     z_thresh: float = _f(2.5, "ZClip: z-score above which a norm is a spike")
     zclip_warmup: int = _f(25, "ZClip: steps of plain --max-norm clipping that seed the statistics")
-    zclip_mode: str = _f("zscore", "ZClip mode: " + ", ".join(ZCLIP_MODES))
-    zclip_option: str = _f("adaptive_scaling", "ZClip clip_option in zscore mode: " + ", ".join(ZCLIP_OPTIONS))
+    zclip_mode: str = _f("zscore", "ZClip mode: " + ", ".join(ZCLIP_MODES), choices=ZCLIP_MODES)
+    zclip_option: str = _f("adaptive_scaling", "ZClip clip_option in zscore mode: " + ", ".join(ZCLIP_OPTIONS), choices=ZCLIP_OPTIONS)
     zclip_factor: float = _f(1.0, "ZClip clip_factor: scales the adaptive threshold")
     zclip_skip_on_spike: bool = _f(False, "ZClip skip_update_on_spike: leave the statistics alone on a spike")
     agc_clipping: float = _f(0.01, "AGC: lambda, the largest allowed ratio of unit-wise gradient norm to weight norm")
     agc_eps: float = _f(1e-3, "AGC: floor on the weight norm")
-    agc_skip_output: bool = _f(True, "AGC: leave the output layer unclipped (as the paper does for the classifier)")
+    agc_skip_output: bool = _f(True, "AGC: leave the output layer unclipped (as the paper does for the classifier)",
+                               flag="--agc-clip-output", flag_help="AGC: clip the output layer too")
 
     def __post_init__(self) -> None:
-        if self.method not in CLIP_METHODS:
-            raise ConfigError(f"unknown --clip {self.method!r}; choose one of: {', '.join(CLIP_METHODS)}")
-        _positive("--max-norm", self.max_norm)
-        _positive("--clip-value", self.clip_value)
+        _one_of(self, "method")
+        _positive(self, "max_norm")
+        _positive(self, "clip_value")
         if not 0.0 < self.percentile <= 100.0:
-            raise ConfigError(f"--percentile must be in (0, 100], got {self.percentile}")
-        _positive("--history", self.history)
+            raise ConfigError(f"{flag_of(self, 'percentile')} must be in (0, 100], got {self.percentile}")
+        _positive(self, "history")
         if not 0.0 < self.alpha < 1.0:
-            raise ConfigError(f"--alpha must be in (0, 1), got {self.alpha}")
-        _positive("--z-thresh", self.z_thresh)
-        _positive("--zclip-warmup", self.zclip_warmup, allow_zero=True)
-        _positive("--zclip-factor", self.zclip_factor)
-        _positive("--agc-clipping", self.agc_clipping)
-        _positive("--agc-eps", self.agc_eps)
-        if self.zclip_mode not in ZCLIP_MODES:
-            raise ConfigError(f"unknown --zclip-mode {self.zclip_mode!r}; choose one of: {', '.join(ZCLIP_MODES)}")
-        if self.zclip_option not in ZCLIP_OPTIONS:
-            raise ConfigError(f"unknown --zclip-option {self.zclip_option!r}; choose one of: {', '.join(ZCLIP_OPTIONS)}")
+            raise ConfigError(f"{flag_of(self, 'alpha')} must be in (0, 1), got {self.alpha}")
+        for name in ("z_thresh", "zclip_factor", "agc_clipping", "agc_eps"):
+            _positive(self, name)
+        _positive(self, "zclip_warmup", allow_zero=True)
+        _one_of(self, "zclip_mode")
+        _one_of(self, "zclip_option")
 
     def clipper_kwargs(self) -> dict[str, Any]:
         """Constructor arguments of the clipper ``method`` names (AGC's exclusions come from the model)."""
@@ -327,9 +349,10 @@ class Injection:
 
 def parse_injection(spec: str) -> Injection:
     """``nan@STEP``, ``spike@STEP:FACTOR`` or ``lr@STEP:FACTOR`` (steps count from 1)."""
+    flag = flag_of(GuardConfig, "inject")
     m = _INJECT.match(spec.strip())
     if not m:
-        raise ConfigError(f"--inject {spec!r} does not parse; use nan@STEP, spike@STEP:FACTOR or lr@STEP:FACTOR")
+        raise ConfigError(f"{flag} {spec!r} does not parse; use nan@STEP, spike@STEP:FACTOR or lr@STEP:FACTOR")
     if m.group(1):
         kind, step, factor = "nan", int(m.group(2)), 1.0
     else:
@@ -337,50 +360,48 @@ def parse_injection(spec: str) -> Injection:
         try:
             factor = float(m.group(5))
         except ValueError:
-            raise ConfigError(f"--inject {spec!r}: FACTOR must be a number") from None
+            raise ConfigError(f"{flag} {spec!r}: FACTOR must be a number") from None
         if not math.isfinite(factor) or factor <= 0:
-            raise ConfigError(f"--inject {spec!r}: FACTOR must be a positive finite number")
+            raise ConfigError(f"{flag} {spec!r}: FACTOR must be a positive finite number")
     if step < 1:
-        raise ConfigError(f"--inject {spec!r}: STEP counts from 1")
+        raise ConfigError(f"{flag} {spec!r}: STEP counts from 1")
     return Injection(kind, step, factor)
 
 
 def check_guard(action: str, sigma: float, window: int, min_samples: int, max_consecutive: int) -> None:
-    """The settings of a `steadylm.train.spikes.SpikeGuard` (here so that config needs nothing from train)."""
-    if action not in GUARD_ACTIONS:
-        raise ConfigError(f"unknown --guard {action!r}; choose one of: {', '.join(GUARD_ACTIONS)}")
-    if not (sigma > 0 and math.isfinite(sigma)):
-        raise ConfigError(f"--guard-sigma must be positive, got {sigma}")
-    if window < 2:
-        raise ConfigError(f"--guard-window must be at least 2, got {window}")
-    if min_samples < 2:
-        raise ConfigError(f"--guard-min-samples must be at least 2, got {min_samples}")
-    if max_consecutive < 1:
-        raise ConfigError(f"--guard-max-consecutive must be positive, got {max_consecutive}")
+    """The settings of a `steadylm.train.spikes.SpikeGuard`, checked as `GuardConfig` checks them."""
+    GuardConfig(action=action, sigma=sigma, window=window, min_samples=min_samples, max_consecutive=max_consecutive)
 
 
 @dataclass
 class GuardConfig:
     """Loss-spike and NaN guard (see `steadylm.train.spikes`); defaults from OLMo-core."""
 
-    action: str = _f("skip", "on a NaN/Inf or a spike: " + ", ".join(GUARD_ACTIONS))
-    sigma: float = _f(6.0, "a loss or grad norm this many standard deviations above the rolling mean is a spike")
-    window: int = _f(128, "rolling window of steps for the spike statistics")
-    min_samples: int = _f(20, "values needed in the window before spikes are judged")
-    max_consecutive: int = _f(5, "stop the run after this many incidents in a row")
+    action: str = _f("skip", "on a NaN/Inf or a spike: " + ", ".join(GUARD_ACTIONS), flag="--guard", choices=GUARD_ACTIONS)
+    sigma: float = _f(6.0, "a loss or grad norm this many standard deviations above the rolling mean is a spike", flag="--guard-sigma")
+    window: int = _f(128, "rolling window of steps for the spike statistics", flag="--guard-window")
+    min_samples: int = _f(20, "values needed in the window before spikes are judged", flag="--guard-min-samples")
+    max_consecutive: int = _f(5, "stop the run after this many incidents in a row", flag="--guard-max-consecutive")
     rollback_lr_factor: float = _f(1.0, "after a rollback, multiply the learning rate by this factor (in (0, 1]) for --rollback-lr-steps steps")
     rollback_lr_steps: int = _f(0, "steps after a rollback that run at the lowered learning rate (0: none)")
-    max_rollbacks: int | None = _f(None, "stop the run after this many rollbacks in all (default: no limit)")
-    inject: list[str] = _f([], "faults to inject for tests and demos: nan@STEP, spike@STEP:FACTOR, lr@STEP:FACTOR (repeatable)")
+    max_rollbacks: int | None = _f(None, "stop the run after this many rollbacks in all (default: no limit)", flag="--guard-max-rollbacks")
+    inject: list[str] = _f([], "faults to inject for tests and demos: nan@STEP, spike@STEP:FACTOR, lr@STEP:FACTOR (repeatable)",
+                           metavar="SPEC")
 
     def __post_init__(self) -> None:
-        check_guard(self.action, self.sigma, self.window, self.min_samples, self.max_consecutive)
+        _one_of(self, "action")
+        _positive(self, "sigma")
+        for name in ("window", "min_samples"):
+            if getattr(self, name) < 2:
+                raise ConfigError(f"{flag_of(self, name)} must be at least 2, got {getattr(self, name)}")
+        _positive(self, "max_consecutive")
         if not 0.0 < self.rollback_lr_factor <= 1.0:
-            raise ConfigError(f"--rollback-lr-factor must be in (0, 1], got {self.rollback_lr_factor}")
-        _positive("--rollback-lr-steps", self.rollback_lr_steps, allow_zero=True)
-        _positive("--guard-max-rollbacks", self.max_rollbacks)
+            raise ConfigError(f"{flag_of(self, 'rollback_lr_factor')} must be in (0, 1], got {self.rollback_lr_factor}")
+        _positive(self, "rollback_lr_steps", allow_zero=True)
+        _positive(self, "max_rollbacks")
         if self.action != "rollback" and (self.rollback_lr_factor != 1.0 or self.rollback_lr_steps or self.max_rollbacks is not None):
-            raise ConfigError("--rollback-lr-factor, --rollback-lr-steps and --guard-max-rollbacks need --guard rollback")
+            named = ", ".join(flag_of(self, n) for n in ("rollback_lr_factor", "rollback_lr_steps"))
+            raise ConfigError(f"{named} and {flag_of(self, 'max_rollbacks')} need {flag_of(self, 'action')} rollback")
         if not isinstance(self.inject, list):
             raise ConfigError("inject must be a list of specs like 'nan@10'")
         for spec in self.inject:
@@ -391,19 +412,19 @@ class GuardConfig:
 class CheckpointConfig:
     """How often to write checkpoints and how many to keep."""
 
-    every: int = _f(100, "write a checkpoint every K optimizer steps (and at the end)")
-    keep: int = _f(3, "keep the newest K checkpoints")
+    every: int = _f(100, "write a checkpoint every K optimizer steps (and at the end)", flag="--checkpoint-every")
+    keep: int = _f(3, "keep the newest K checkpoints", flag="--keep-checkpoints")
 
     def __post_init__(self) -> None:
-        _positive("--checkpoint-every", self.every)
-        _positive("--keep-checkpoints", self.keep)
+        _positive(self, "every")
+        _positive(self, "keep")
 
 
 @dataclass
 class TrainConfig:
     """Everything that defines a training run; saved as ``config.json`` in the run folder."""
 
-    out: str = _f("runs/train", "run folder to write")
+    out: str = _f("runs/train", "run folder to write", flag=None)  # train's own --out (and --resume)
     steps: int = _f(300, "optimizer steps")
     seed: int = _f(0, "seed for initialisation, data order and dropout")
     eval_batch_size: int = _f(16, "windows per batch in the final validation perplexity")
@@ -418,24 +439,24 @@ class TrainConfig:
     z_loss: float = _f(0.0, "z-loss coefficient C: adds C * log^2 Z per token (PaLM uses 1e-4); 0 turns it off")
     ema: float = _f(0.0, "keep an exponential moving average of the weights with this decay (e.g. 0.999); 0 turns it off")
     monitor_every: int = _f(0, "every N steps also log the update-to-weight ratio per parameter group, the max attention logit and the output log Z; 0 turns it off")
-    precision: str = _f("fp32", "forward-pass precision: fp32, bf16 (autocast) or fp16 (autocast with dynamic loss scaling); weights and optimizer state stay fp32")
+    precision: str = _f("fp32", "forward-pass precision: fp32, bf16 (autocast) or fp16 (autocast with dynamic loss scaling); weights and optimizer state stay fp32",
+                        choices=PRECISIONS)
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass instead of keeping them (less memory, about a third more compute)")
     compile: bool = _f(False, "compile the model with torch.compile (opt-in; the first steps are slow while it compiles)")
     fsdp: bool = _f(False, "shard parameters, gradients and optimizer state over the processes (FSDP2, through accelerate); needs accelerate launch with 2+ processes")
 
     def __post_init__(self) -> None:
-        _positive("--z-loss", self.z_loss, allow_zero=True)
-        _positive("--monitor-every", self.monitor_every, allow_zero=True)
+        _positive(self, "z_loss", allow_zero=True)
+        _positive(self, "monitor_every", allow_zero=True)
         if not 0.0 <= self.ema < 1.0:
-            raise ConfigError(f"--ema must be in [0, 1), got {self.ema}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown --precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
-        _positive("--steps", self.steps)
-        _positive("--eval-batch-size", self.eval_batch_size)
+            raise ConfigError(f"{flag_of(self, 'ema')} must be in [0, 1), got {self.ema}")
+        _one_of(self, "precision")
+        _positive(self, "steps")
+        _positive(self, "eval_batch_size")
         if self.threads is not None:
-            check_threads(self.threads)
+            check_threads(self.threads, what=flag_of(self, "threads"))
         if not 0 <= self.seed <= SEED_MAX:
-            raise ConfigError(f"--seed must be between 0 and {SEED_MAX} (2**32 - 1), got {self.seed}")
+            raise ConfigError(f"{flag_of(self, 'seed')} must be between 0 and {SEED_MAX} (2**32 - 1), got {self.seed}")
 
     @property
     def warmup_steps(self) -> int:
@@ -456,6 +477,26 @@ class TrainConfig:
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "clip": ClipConfig, "checkpoint": CheckpointConfig,
             "guard": GuardConfig}
+
+
+class Option(typing.NamedTuple):
+    """One ``steadylm train`` flag and the field of ``cls`` it sets (``section`` None: top level)."""
+
+    flag: str
+    section: str | None
+    cls: type
+    field: dataclasses.Field
+
+
+@functools.cache
+def train_options() -> tuple[Option, ...]:
+    """Every flag of `TrainConfig` and its sections, in field order: what the CLI generates."""
+    out: list[Option] = []
+    for f in dataclasses.fields(TrainConfig):
+        section, cls = (f.name, SECTIONS[f.name]) if f.name in SECTIONS else (None, TrainConfig)
+        fields = dataclasses.fields(cls) if section else (f,)
+        out += [Option(flag_of(cls, g.name), section, cls, g) for g in fields if flag_of(cls, g.name) is not None]
+    return tuple(out)
 
 
 def _build(cls: type, d: dict[str, Any]) -> Any:
@@ -504,9 +545,9 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def help_of(cls: type, name: str) -> str:
-    """The help text and default of a field, for the CLI."""
-    f = {f.name: f for f in dataclasses.fields(cls)}[name]
-    default = f.default if f.default is not dataclasses.MISSING else None
-    text = f.metadata.get("help", "")
-    text = text.replace("%", "%%")  # argparse formats help with %
+    """The help of a field's flag, with the field's default (not where the flag's name reads the
+    other way: ``--no-decay-embeddings`` says what it does)."""
+    f = _field(cls, name)
+    default = f.default if f.default is not dataclasses.MISSING and not f.metadata.get("flag_help") else None
+    text = (f.metadata.get("flag_help") or f.metadata.get("help", "")).replace("%", "%%")  # argparse formats help with %
     return f"{text} (default: {default})" if default not in (None, [], {}) else text

@@ -59,11 +59,18 @@ class BlockDataset:
         return divmod(sample, self.num_blocks)
 
     def batch(self, start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Samples ``start .. start+size-1`` as (inputs, labels), each (B, T)."""
-        rows = []
-        for g in range(start, start + size):
+        """Samples ``start .. start+size-1`` as (inputs, labels), each (B, T).
+
+        One gather per epoch the batch touches, no Python loop over rows and no tensor read on the
+        host (the training step's one host read stays the only one)."""
+        parts = []
+        g = start
+        while g < start + size:
             epoch, i = self.position(g)
-            b = int(self._permutation(epoch)[i])
-            rows.append(self.tokens[b * self.context : b * self.context + self.context + 1])
-        block = torch.stack(rows)  # (B, T+1)
+            n = min(start + size - g, self.num_blocks - i)  # rows left in this epoch
+            parts.append(self._permutation(epoch)[i:i + n])
+            g += n
+        blocks = parts[0] if len(parts) == 1 else torch.cat(parts)  # (B,)
+        index = blocks[:, None] * self.context + torch.arange(self.context + 1)  # (B, T+1)
+        block = self.tokens[index]  # (B, T+1)
         return block[:, :-1], block[:, 1:]

@@ -258,7 +258,7 @@ class GenerationEval:
         return results
 
     def _summ(self, values: list[Any]) -> dict[str, Any]:
-        from .stats import summarize
+        from ..stats import summarize
 
         return summarize([v for v in values if v is not None], n_resamples=self.cfg.bootstrap)
 
@@ -347,7 +347,7 @@ class GenerationEval:
             v = loops.get(it.id, [])
             pp["loop_share"] = sum(v) / len(v) if v else None
         refs = [r for it in self.items for r in it.references]
-        if not hasattr(self.backend, "next_token_predictions"):
+        if not self.backend.capabilities.next_token:
             res["next_token"] = {"measured": False, "reason": "needs token log-probabilities of a local model"}
         elif not refs:
             res["next_token"] = {"measured": False, "reason": "no reference text in the prompt set"}
@@ -443,9 +443,10 @@ class GenerationEval:
         res["greedy_repeat"] = {"unique_completions_mean": sum(uniq) / len(uniq), "unique_completions_max": max(uniq),
                                 "same_output_share": sum(same_g) / len(same_g)}
         res["same_seed_sampled"] = {"same_output_share": sum(same_s) / len(same_s), "decoding": sampled.as_dict()}
-        if self.backend.kind in ("local", "ensemble"):
+        caps = self.backend.capabilities
+        if caps.next_token:  # the logits of each step, so batch invariance is measured on logits
             res["batch_invariance"] = self._batch_invariance_local(items, greedy)
-            if self.backend.kind == "ensemble":
+            if not caps.environments:  # the ensemble: its members would all have to be reopened
                 res["environments"] = {"measured": False, "reason": "not implemented for ensembles; "
                                                                     "evaluate the members, or compare two runs"}
             elif cfg.environments:

@@ -191,14 +191,11 @@ def evaluate_perplexity(model_path: str, source: str, *, window: int | None = No
             raise ConfigError(f"{name} must be positive, got {v}")
     corpus = load_documents(source)  # check the data before the (slower) model load
     if model_path.startswith("ensemble:"):  # a token-level ensemble scored as one model
-        from ..ensemble.token import EnsembleLM, parse_spec
+        from .backends import open_backend
 
-        paths, mode = parse_spec(model_path)
-        from ..ensemble.token import EnsembleBackend
-
-        ens = EnsembleBackend(paths, mode=mode, dtype=dtype, trust_remote_code=trust_remote_code)
-        model, ctx = EnsembleLM(ens), ens.context
-        lead, model_id = paths[0], ens.identity
+        ens = open_backend(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        model, ctx = ens.scoring_model(), ens.context
+        lead, model_id = ens.paths[0], ens.identity
     else:
         model = load_model(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
         ctx = model_context(model.config)

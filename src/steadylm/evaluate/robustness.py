@@ -9,9 +9,10 @@ clean one, so under sampling both draw from the same random stream (common rando
 difference in output comes from the input, not from the draw. Measured, per kind and over all
 kinds, every per-item number with a percentile-bootstrap CI over items (`stats.summarize`):
 
-* **perplexity shift** (local models): Δ bits per byte of the *prompt text itself* (clean →
-  perturbed), lm-eval-harness's definition through `perplexity.compute_perplexity`; corpus-level
-  (sums over prompts, then divide) and per item. Endpoints give no log-probabilities: not measured;
+* **perplexity shift** (backends that score text: local models and ensembles, see
+  `Capabilities.logprobs`): Δ bits per byte of the *prompt text itself* (clean → perturbed),
+  lm-eval-harness's definition through `perplexity.compute_perplexity`; corpus-level (sums over
+  prompts, then divide) and per item. Endpoints give no log-probabilities: not measured;
 * **output similarity** of the perturbed-input output to the clean-input output (sample k against
   sample k): sentence BLEU (``effective_order``; ``zh`` tokenizer for Chinese), chrF (sacrebleu)
   and MiniLM cosine (`consistency.Embedder`). Two identical outputs score 100 (1.0) - sacrebleu
@@ -313,15 +314,16 @@ class RobustnessEval:
         return "chrF to the clean output", lambda out: self.similarity(out, clean_out)[1]
 
     @property
-    def local(self) -> bool:
-        return hasattr(self.backend, "model") and hasattr(self.backend, "tokenizer")
+    def logprobs(self) -> bool:
+        """Whether the backend scores text, so the perplexity shift can be measured."""
+        return self.backend.capabilities.logprobs
 
     @property
     def ppl_window(self) -> int:
         return getattr(self.backend, "context", None) or 1024
 
     def _score_text(self, text: str) -> tuple[float, int, int] | None:
-        """(log-likelihood, UTF-8 bytes, tokens) of ``text`` under a local model; None for empty text."""
+        """(log-likelihood, UTF-8 bytes, tokens) of ``text`` under the backend's model; None for empty text."""
         if text not in self._ppl:
             if not text.strip():
                 self._ppl[text] = None
@@ -329,8 +331,8 @@ class RobustnessEval:
                 from .perplexity import compute_perplexity
 
                 b = self.backend
-                r = compute_perplexity(b.model, b.tokenizer, [text], window=self.ppl_window, batch_size=1,  # type: ignore[attr-defined]
-                                       progress=False)
+                r = compute_perplexity(b.scoring_model(), b.tokenizer, [text], window=self.ppl_window,  # type: ignore[attr-defined]
+                                       batch_size=1, progress=False)
                 self._ppl[text] = (r.loglikelihood, r.bytes, r.tokens)
         return self._ppl[text]
 
@@ -346,7 +348,7 @@ class RobustnessEval:
         return None if s is None else -s[0] / s[1] / math.log(2)
 
     def _summ(self, values: Sequence[Any]) -> dict[str, Any]:
-        from .stats import summarize
+        from ..stats import summarize
 
         return summarize([v for v in values if v is not None], n_resamples=self.cfg.bootstrap)
 
@@ -393,7 +395,7 @@ class RobustnessEval:
         from .reference import reference_metrics
 
         res: dict[str, Any] = {"items": len(items)}
-        if self.local:
+        if self.logprobs:
             res["perplexity"] = {"measured": True, "on": "the prompt text", **self._corpus_ppl([it.text() for it in items])}
         else:
             res["perplexity"] = {"measured": False, "reason": "not measured: needs token log-probabilities of a local model"}
@@ -442,7 +444,7 @@ class RobustnessEval:
         m["reference_chrf"]["clean"] = [r["chrf"] if r else None for r in clean_ref]
         m["reference_bleu"]["clean"] = [r["bleu"] if r else None for r in clean_ref]
         m["similarity_chrf"]["clean"] = [100.0] * len(items)
-        clean_bpb = [self._bpb(it.text()) for it in items] if self.local else [None] * len(items)
+        clean_bpb = [self._bpb(it.text()) for it in items] if self.logprobs else [None] * len(items)
         for pp, b, acc, r in zip(per_prompt, clean_bpb, m["accuracy"]["clean"], clean_ref):
             pp["clean"] = {"bits_per_byte": b, "accuracy": acc, "reference": r}
 
@@ -456,7 +458,7 @@ class RobustnessEval:
                 row: dict[str, Any] = {"changed": pert_items[i].text() != it.text(),
                                        "bleu": _mean([s[0] for s in sims]), "chrf": _mean([s[1] for s in sims]),
                                        "semantic": _mean(sem)}
-                if self.local:
+                if self.logprobs:
                     pb = self._bpb(pert_items[i].text())
                     row["bits_per_byte"] = pb
                     row["bpb_delta"] = None if pb is None or clean_bpb[i] is None else pb - clean_bpb[i]
@@ -474,7 +476,7 @@ class RobustnessEval:
             m["similarity_chrf"][kind] = [r["chrf"] for r in rows]
 
             d: dict[str, Any] = {"rate": self.cfg.rates[kind], "changed_share": sum(r["changed"] for r in rows) / len(rows)}
-            if self.local:
+            if self.logprobs:
                 c_ppl = self._corpus_ppl([it.text() for it in items])
                 p_ppl = self._corpus_ppl([it.text() for it in pert_items])
                 d["perplexity_shift"] = {"measured": True, "clean_bits_per_byte": c_ppl["bits_per_byte"],
@@ -705,7 +707,7 @@ class RobustnessEval:
             "python": platform.python_version(),
             "machine": platform.machine(),
         }
-        if self.local:
+        if self.logprobs:
             from ..data.tokenizer import tokenizer_signature
 
             sig["perplexity"] = {"window": self.ppl_window, "stride": self.ppl_window, "special": "no",

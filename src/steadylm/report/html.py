@@ -209,7 +209,7 @@ def _safely(what: str, warnings: list[str], fn, fallback):
 
 
 def _training_entry(inp: Input, plot_dir: Path, warnings: list[str]) -> dict[str, Any]:
-    from .plots import _Run, plot_run
+    from .plots import RunRecords, plot_run
 
     s = inp.data.get("summary") or {}
     cfg = inp.data.get("config") or {}
@@ -231,7 +231,7 @@ def _training_entry(inp: Input, plot_dir: Path, warnings: list[str]) -> dict[str
     entry: dict[str, Any] = {"label": inp.label, "path": str(inp.path), "facts": facts, "settings": setting,
                              "signature": inp.signature, "plots": [], "incidents": [], "events": [], "clip": []}
     try:
-        run = _Run(inp.path)
+        run = RunRecords(inp.path)
     except SteadyError as e:
         warnings.append(f"{inp.label}: no training curves ({e})")
         return entry
@@ -270,7 +270,7 @@ def _sweep_plot(recipes: dict[str, Any]) -> str | None:
     diverged runs as crosses on the top edge."""
     from matplotlib.figure import Figure
 
-    from .plots import _RUN_COLORS
+    from .plots import RUN_COLORS
 
     fig = Figure(figsize=(10, 5), dpi=100)
     fig.subplots_adjust(left=0.08, right=0.74, bottom=0.11, top=0.9)
@@ -279,7 +279,7 @@ def _sweep_plot(recipes: dict[str, Any]) -> str | None:
     capped = False
     for i, (name, rec) in enumerate(recipes.items()):
         runs = [r for r in rec.get("runs") or [] if isinstance(r, dict) and _finite(r.get("lr"))]
-        color = _RUN_COLORS[i % len(_RUN_COLORS)]
+        color = RUN_COLORS[i % len(RUN_COLORS)]
         ok = [(r["lr"], r["final_loss"]) for r in runs if _finite(r.get("final_loss"))]
         bad = sorted({r["lr"] for r in runs if not _finite(r.get("final_loss"))})
         if ok:

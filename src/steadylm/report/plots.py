@@ -45,13 +45,13 @@ _FALLBACK_STYLES = [("s", "#17becf"), ("*", "#bcbd22"), ("h", "#e377c2"), ("v", 
 _NONFINITE_COLOR = "#d62728"
 _INJECT_COLOR = "#555555"
 _ROLLBACK_COLOR = "#1f77b4"
-_RUN_COLORS = ["#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf"]
+RUN_COLORS = ["#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf"]
 
 
 # --------------------------------------------------------------------------- reading
 
 
-class _Run:
+class RunRecords:
     """The step records (sorted by step) and event records of one run folder."""
 
     def __init__(self, run_dir: str | os.PathLike):
@@ -208,7 +208,7 @@ def _spec_label(ax, step: int, spec: str) -> None:
                 rotation=90, va="top", ha="right", fontsize=8, color=_INJECT_COLOR)
 
 
-def _mark_events(ax, run: _Run) -> None:
+def _mark_events(ax, run: RunRecords) -> None:
     """Vertical lines for injected faults and rollbacks (with the discarded steps shaded)."""
     labelled = set()
     for e in run.of("inject"):
@@ -225,7 +225,7 @@ def _mark_events(ax, run: _Run) -> None:
             ax.axvspan(to, e["step"], color=_ROLLBACK_COLOR, alpha=0.08, linewidth=0, zorder=0)
 
 
-def _mark_incidents(ax, run: _Run, x: list[int], y: list[float], own_kinds: Iterable[str],
+def _mark_incidents(ax, run: RunRecords, x: list[int], y: list[float], own_kinds: Iterable[str],
                     *, color: str | None = None, legend: bool = True,
                     extra: dict[str, dict[str, Any]] | None = None) -> None:
     """One marker per incident: at its own ``value`` if its kind measures the plotted quantity
@@ -293,14 +293,14 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _title(ax, what: str, run: _Run) -> None:
+def _title(ax, what: str, run: RunRecords) -> None:
     ax.set_title(f"{what} — {run.dir.name}\n{run.subtitle()}", fontsize=10)
 
 
 # --------------------------------------------------------------------------- the plots
 
 
-def _plot_loss(run: _Run, path: Path) -> Path:
+def _plot_loss(run: RunRecords, path: Path) -> Path:
     fig, (ax,) = _figure()
     x, y, bad = run.series("loss")
     ax.plot(x, y, color="#1f77b4", linewidth=1.2, label="loss")
@@ -314,7 +314,7 @@ def _plot_loss(run: _Run, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _plot_grad_norm(run: _Run, path: Path) -> Path:
+def _plot_grad_norm(run: RunRecords, path: Path) -> Path:
     fig, (ax,) = _figure()
     x, y, bad = run.series("grad_norm", positive=True)
     ax.plot(x, y, color="#1f77b4", linewidth=1.1, label="grad norm (pre-clip)")
@@ -350,14 +350,14 @@ def _plot_grad_norm(run: _Run, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _plot_simple(run: _Run, path: Path, keys: list[str], title: str, ylabel: str, *, log: bool = False) -> Path:
+def _plot_simple(run: RunRecords, path: Path, keys: list[str], title: str, ylabel: str, *, log: bool = False) -> Path:
     fig, (ax,) = _figure()
     seen: list[float] = []
     for i, key in enumerate(keys):
         x, y, bad = run.series(key, positive=log)
         seen += y
         sparse = len(x) < 0.5 * len(run.steps)  # e.g. logged only every --monitor-every steps
-        ax.plot(x, y, color=_RUN_COLORS[i % len(_RUN_COLORS)], linewidth=1.2, label=key,
+        ax.plot(x, y, color=RUN_COLORS[i % len(RUN_COLORS)], linewidth=1.2, label=key,
                 marker="o" if sparse else None, markersize=3)
         _mark_nonfinite(ax, bad, key)
     _mark_events(ax, run)
@@ -370,7 +370,7 @@ def _plot_simple(run: _Run, path: Path, keys: list[str], title: str, ylabel: str
     return _save(fig, path)
 
 
-def _plot_attention(run: _Run, path: Path, logz_keys: list[str]) -> Path:
+def _plot_attention(run: RunRecords, path: Path, logz_keys: list[str]) -> Path:
     panels = (["max_attn_logit"] if run.has("max_attn_logit") else []) + ([logz_keys] if logz_keys else [])
     fig, axes = _figure(len(panels))
     for ax, keys in zip(axes, panels):
@@ -379,7 +379,7 @@ def _plot_attention(run: _Run, path: Path, logz_keys: list[str]) -> Path:
         for i, key in enumerate(keys):
             x, y, bad = run.series(key)
             seen += y
-            ax.plot(x, y, color=_RUN_COLORS[i % len(_RUN_COLORS)], linewidth=1.2, marker="o", markersize=3, label=key)
+            ax.plot(x, y, color=RUN_COLORS[i % len(RUN_COLORS)], linewidth=1.2, marker="o", markersize=3, label=key)
             _mark_nonfinite(ax, bad, key)
         _mark_events(ax, run)
         _finish(ax, run.span(), seen)
@@ -401,7 +401,7 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     ``out_dir`` (default ``run_dir/plots``), each written under a temporary name and renamed.
     Raises ``SteadyError`` if the folder has no ``metrics.jsonl`` or it holds no step records.
     """
-    run = _Run(run_dir)
+    run = RunRecords(run_dir)
     out = Path(out_dir) if out_dir is not None else run.dir / "plots"
     out.mkdir(parents=True, exist_ok=True)
     written = [
@@ -427,7 +427,7 @@ def plot_comparison(run_dirs: dict[str, str | os.PathLike], out_path: str | os.P
     edge. Injected faults shared by the runs are drawn once. Returns ``out_path``."""
     if not run_dirs:
         raise SteadyError("plot_comparison: no runs given")
-    runs = {name: _Run(d) for name, d in run_dirs.items()}
+    runs = {name: RunRecords(d) for name, d in run_dirs.items()}
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig, (ax,) = _figure()
@@ -438,7 +438,7 @@ def plot_comparison(run_dirs: dict[str, str | os.PathLike], out_path: str | os.P
     injects: dict[tuple[int, str], None] = {}
     seen: list[float] = []
     for i, (name, run) in enumerate(runs.items()):
-        color = _RUN_COLORS[i % len(_RUN_COLORS)]
+        color = RUN_COLORS[i % len(RUN_COLORS)]
         x, y, bad = run.series("loss")
         seen += y
         s = run.summary

@@ -304,10 +304,13 @@ class Stabilizer:
         loss_v, norm, threshold, clipped, post, scale_v, *extra_v = host_values(
             loss, stats.norm, stats.threshold, stats.clipped, stats.post_norm, scale, *(extras or {}).values())
         self.steps += 1
-        # non-finite gradients with a finite loss under a scaler: an fp16 overflow, the scaler's to handle
-        overflow = self.scaler is not None and not math.isfinite(norm) and math.isfinite(loss_v)
+        # Under a scaler a step with non-finite gradients is never taken (GradScaler's rule). With a
+        # finite loss that is an fp16 overflow, the scaler's to handle: no guard incident. A
+        # non-finite loss is the guard's to report (once), and the scaler skips the step too.
+        scaler_skips = self.scaler is not None and not math.isfinite(norm)
+        overflow = scaler_skips and math.isfinite(loss_v)
         incidents = self.guard.check(self.steps, loss_v, norm) if self.guard is not None and not overflow else []
-        skipped = overflow or (bool(incidents) and self.guard.action in ("skip", "rollback"))
+        skipped = scaler_skips or (bool(incidents) and self.guard.action in ("skip", "rollback"))
         lr = opt.param_groups[0].get("lr") if getattr(opt, "param_groups", None) else None
         self.incidents.extend(incidents)
         return StepReport(step=self.steps, loss=loss_v, grad_norm=norm, threshold=threshold, clipped=bool(clipped),

@@ -1,24 +1,28 @@
-"""Generation backends: a local Hugging Face folder, or an OpenAI-compatible HTTP endpoint."""
+"""Generation backends: a local Hugging Face folder, an OpenAI-compatible HTTP endpoint, or a
+token-level ensemble of local folders, each declaring its `Capabilities`.
 
-from .base import Backend, DecodingSettings, Generation, GenerationCache, Request, generate_cached, sample_seed
+The backends sit below the metrics: they import data, models and the ground floor, never an
+evaluation module (``tests/test_layering.py``)."""
 
-__all__ = ["Backend", "DecodingSettings", "Generation", "GenerationCache", "Request", "generate_cached",
-           "sample_seed", "open_backend"]
+from .base import (Backend, Capabilities, DecodingSettings, Generation, GenerationCache, Request, generate_cached,
+                   sample_seed)
+
+__all__ = ["Backend", "Capabilities", "DecodingSettings", "Generation", "GenerationCache", "Request",
+           "generate_cached", "sample_seed", "open_backend"]
 
 
 def open_backend(spec: str, **kw):
     """``openai:URL#NAME`` -> `OpenAIBackend`; ``ensemble:DIR1,DIR2[#prob|#logprob]`` ->
-    `steadylm.ensemble.token.EnsembleBackend` (token-level average of local folders); anything
-    else is a local HF folder -> `LocalBackend`."""
+    `EnsembleBackend` (token-level average of local folders); anything else is a local HF folder
+    -> `LocalBackend`. Each is imported only when asked for."""
     if spec.startswith("openai:"):
         from .openai import OpenAIBackend
 
         return OpenAIBackend.from_spec(spec, **kw)
     if spec.startswith("ensemble:"):
-        from ...ensemble.token import EnsembleBackend, parse_spec
+        from .ensemble import EnsembleBackend
 
-        paths, mode = parse_spec(spec)
-        return EnsembleBackend(paths, mode=mode, **kw)
+        return EnsembleBackend.from_spec(spec, **kw)
     from .local import LocalBackend
 
     return LocalBackend(spec, **kw)

@@ -118,11 +118,30 @@ class Generation:
 OnResult = Callable[[int, Generation], None]
 
 
-class Backend(ABC):
-    """A model that generates text. Implementations: `LocalBackend`, `OpenAIBackend`."""
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do besides `generate`, declared as data: a metric asks this, never
+    ``hasattr`` or the backend's kind, so a new backend says in one place what it supports."""
 
-    #: short kind name used in signatures: "local" or "openai"
+    logprobs: bool = False
+    """scores text: ``scoring_model()`` (a causal LM for `compute_perplexity`) and ``tokenizer``"""
+    next_token: bool = False
+    """next-token distributions: ``next_token_predictions``, ``next_token_logprobs``, ``greedy_logits``"""
+    seeds: bool = False
+    """a sampled output is fixed by `Request.stream_seed` (an endpoint may ignore the seed it is sent)"""
+    chat: bool = False
+    """takes chat requests (``Request.messages``)"""
+    environments: bool = False
+    """can be opened again in another dtype or thread count (``path``, ``dtype``, ``threads``)"""
+
+
+class Backend(ABC):
+    """A model that generates text. Implementations: `LocalBackend`, `OpenAIBackend`, `EnsembleBackend`."""
+
+    #: short kind name used in signatures: "local", "openai" or "ensemble"
     kind: str = ""
+    #: what it can do besides generating; the default is generation alone
+    capabilities: Capabilities = Capabilities()
 
     @property
     @abstractmethod

@@ -27,16 +27,17 @@ from typing import Any, Callable, Sequence
 
 from ...errors import ConfigError, DataError, ModelError
 from ...runtime import launch_ranks, resolve_device
-from .base import Backend, DecodingSettings, Generation, OnResult, Request
+from .base import Backend, Capabilities, DecodingSettings, Generation, OnResult, Request
 
 
 def _chat_fallback(messages: Sequence[tuple[str, str]]) -> str:
     return "".join(f"{r}: {c}\n" for r, c in messages) + "assistant:"
 
 
-class _RowSampler:
+class RowSampler:
     """The last logits processor of a sampled batch: warp like HF, then sample each row from its
-    own generator, and return logits that make the greedy step pick that sample."""
+    own generator, and return logits that make the greedy step pick that sample (also the
+    ensemble's sampler, so a sample depends on its seed alone in both)."""
 
     def __init__(self, seeds: Sequence[int], settings: DecodingSettings):
         import torch
@@ -62,6 +63,7 @@ class _RowSampler:
 
 class LocalBackend(Backend):
     kind = "local"
+    capabilities = Capabilities(logprobs=True, next_token=True, seeds=True, chat=True, environments=True)
 
     def __init__(self, path: str, *, dtype: str = "float32", batch_size: int = 64, trust_remote_code: bool = False,
                  truncate_left: bool = False, threads: int | None = None, device: str | None = None):
@@ -158,7 +160,7 @@ class LocalBackend(Backend):
         gc = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=settings.max_new_tokens,
                               pad_token_id=pad, eos_token_id=self.eos_id, bos_token_id=self.tokenizer.bos_token_id,
                               return_dict_in_generate=True, output_logits=scores)
-        procs = LogitsProcessorList([_RowSampler(seeds, settings)]) if seeds is not None else None
+        procs = LogitsProcessorList([RowSampler(seeds, settings)]) if seeds is not None else None
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=gc,
                                       logits_processor=procs)
@@ -166,7 +168,8 @@ class LocalBackend(Backend):
         logits = torch.stack(out.logits, dim=1).float().cpu() if scores else None  # (B, T, V)
         return new, logits
 
-    def _finish(self, toks: list[int], max_new: int) -> tuple[str, int, str]:
+    def finish(self, toks: list[int], max_new: int) -> tuple[str, int, str]:
+        """``(text, completion tokens, finish reason)`` of one row's new tokens: cut at EOS, decoded."""
         n = len(toks)
         if self.eos_id is not None and self.eos_id in toks:
             n = toks.index(self.eos_id)
@@ -197,7 +200,7 @@ class LocalBackend(Backend):
                     seeds = None if settings.greedy else [requests[i].stream_seed for i in part]
                     new, _ = self._batch([encoded[i] for i in part], settings, seeds)
                     for i, toks in zip(part, new):
-                        text, n, reason = self._finish(toks, settings.max_new_tokens)
+                        text, n, reason = self.finish(toks, settings.max_new_tokens)
                         results[i] = Generation(requests[i], text, n, reason)
                         if on_result is not None:
                             on_result(i, results[i])
@@ -208,6 +211,14 @@ class LocalBackend(Backend):
             torch.set_num_threads(prev_threads)
 
     # ------------------------------------------------------------------ analysis helpers
+    def scoring_model(self) -> Any:
+        """The model that `compute_perplexity` scores text with."""
+        return self.model
+
+    def token_scores(self, ids: Any) -> Any:
+        """Next-token scores ``(T, V)`` at every position of one sequence ``ids (1, T)``."""
+        return self.model(ids).logits[0]
+
     def greedy_logits(self, texts: Sequence[str], settings: DecodingSettings) -> tuple[list[list[int]], Any]:
         """Greedy continuations of ``texts`` in one left-padded batch, with the raw logits of each
         step: ``(tokens per row, logits (B, T, V))``."""
@@ -216,7 +227,8 @@ class LocalBackend(Backend):
 
     def next_token_predictions(self, text: str) -> tuple[list[int], list[int]]:
         """Gold tokens of ``text`` and the model's top-1 prediction for each (teacher forcing,
-        windows of the model's context with no overlap); for Welleck et al.'s rep / wrep."""
+        windows of the model's context with no overlap); for Welleck et al.'s rep / wrep. The
+        scores come from `token_scores`, so an ensemble shares this method."""
         import torch
 
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -227,8 +239,7 @@ class LocalBackend(Backend):
         preds: list[int] = []
         with torch.inference_mode():
             for s in range(0, len(ids), W):
-                inp = seq[s:s + W]
-                logits = self.model(torch.tensor([inp], device=self.device)).logits[0]  # (T, V)
+                logits = self.token_scores(torch.tensor([seq[s:s + W]], device=self.device))  # (T, V)
                 preds += logits.argmax(-1).tolist()
                 targets += ids[s:s + W]
         return targets, preds[:len(targets)]

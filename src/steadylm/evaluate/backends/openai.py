@@ -84,7 +84,7 @@ from typing import Any, Callable, Sequence
 
 from ...errors import BackendError, ConfigError, DataError
 from ...io import loads_json
-from .base import Backend, Generation, OnResult, Request
+from .base import Backend, Capabilities, Generation, OnResult, Request
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +286,8 @@ class OpenAIBackend(Backend):
     """Generate through an OpenAI-compatible ``/completions`` and ``/chat/completions`` endpoint."""
 
     kind = "openai"
+    # no log-probabilities, and the server may ignore the seed it is sent
+    capabilities = Capabilities(chat=True)
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
                  timeout: float = 60.0, max_retries: int = 6, backoff: float = 0.5, max_backoff: float = 30.0):

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError, DataError
-from ..evaluate.consistency import extract_answer
-from ..evaluate.reference import is_chinese, sacrebleu_metrics
+from .consistency import extract_answer
+from .reference import is_chinese, sacrebleu_metrics
 from ..io import iter_jsonl
 
 UTILITIES = ("chrf", "bleu")
