@@ -102,38 +102,54 @@ def test_fsdp2_matches_single_process(tmp_path, single):
     assert_same_run(tmp_path, single, list(worker.RUNS))
 
 
-def test_steadylm_train_under_accelerate_launch(tmp_path):
+def _steadylm(args, env, *, launch: bool) -> subprocess.CompletedProcess:
+    pre = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), "-m", "steadylm"] if launch else [sys.executable, "-m", "steadylm"]
+    return subprocess.run(pre + args, capture_output=True, text=True, timeout=TIMEOUT, env=env)
+
+
+TRAIN_CASES = {
+    "zclip": ["--clip", "zclip", "--zclip-warmup", "3", "--guard", "skip"],
+    # accumulation (DDP's no_sync on the first micro-batch) with AGC, and a rollback decided on every rank alike
+    "agc-accum-rollback": ["--clip", "agc", "--grad-accum", "2", "--guard", "rollback", "--guard-min-samples", "3",
+                           "--inject", "lr@5:1000", "--rollback-lr-factor", "0.5", "--rollback-lr-steps", "2"],
+    "norm-accum": ["--clip", "norm", "--max-norm", "0.5", "--grad-accum", "2", "--guard", "skip"],
+}
+
+
+@pytest.mark.parametrize("case", list(TRAIN_CASES))
+def test_steadylm_train_under_accelerate_launch(tmp_path, case):
     """`accelerate launch -m steadylm train` on 2 CPU ranks equals one process on the same global
-    batch: same per-step losses, grad norms and ZClip thresholds, same final weights; only rank 0
-    writes the run folder."""
+    batch: same per-step losses, grad norms and thresholds, same events (a rollback on every rank
+    at the same step), same final weights; only rank 0 writes the run folder."""
     from safetensors.torch import load_file
 
     common = ["train", "--preset", "nano", "--steps", "8", "--context", "32", "--vocab-size", "300",
-              "--batch-size", "4", "--clip", "zclip", "--zclip-warmup", "3", "--checkpoint-every", "4",
-              "--guard", "skip", "--threads", "1"]
+              "--batch-size", "4", "--checkpoint-every", "2", "--threads", "1", "--no-plots", *TRAIN_CASES[case]]
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore", STEADYLM_PROGRESS="0")
-    one = subprocess.run([sys.executable, "-m", "steadylm", *common, "--out", str(tmp_path / "one"), "--no-plots"],
-                         capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    one = _steadylm([*common, "--out", str(tmp_path / "one")], env, launch=False)
     assert one.returncode == 0, _tail(one)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "-m", "steadylm", *common, "--out", str(tmp_path / "two"),
-           "--no-plots", "--json"]
-    two = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    two = _steadylm([*common, "--out", str(tmp_path / "two"), "--json"], env, launch=True)
     assert two.returncode == 0, _tail(two)
     assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
     assert two.stdout.count('"val_loss"') == 1  # one summary, from rank 0
     read = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     a, b = read(tmp_path / "one"), read(tmp_path / "two")
-    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 9))
-    for x, y in zip(a, b):
-        for k in ("loss", "grad_norm", "threshold"):
+    steps = lambda rows: [r["step"] for r in rows if "event" not in r]  # noqa: E731
+    assert steps(a) == steps(b) == list(range(1, 9))
+    events = lambda rows: [(r["step"], r["event"], r.get("kind"), r.get("to_step")) for r in rows if "event" in r]  # noqa: E731
+    assert events(a) == events(b)
+    if case == "agc-accum-rollback":
+        assert ("rollback" in [e[1] for e in events(a)]) and ("lr_lowered" in [e[1] for e in events(a)])
+    for x, y in zip([r for r in a if "event" not in r], [r for r in b if "event" not in r]):
+        for k in ("loss", "grad_norm", "threshold", "lr"):
             assert y[k] == pytest.approx(x[k], rel=1e-5), (k, x["step"])
         assert x["clipped"] == y["clipped"]
     wa = load_file(tmp_path / "one" / "model" / "model.safetensors")
     wb = load_file(tmp_path / "two" / "model" / "model.safetensors")
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6, msg=k)
-    odd = subprocess.run(cmd[:-4] + ["--batch-size", "3", "--out", str(tmp_path / "odd"), "--no-plots"],
-                         capture_output=True, text=True, timeout=TIMEOUT, env=env)
-    assert odd.returncode != 0 and "does not split evenly over 2 processes" in odd.stderr
+    if case == "zclip":
+        odd = _steadylm([*common, "--batch-size", "3", "--out", str(tmp_path / "odd")], env, launch=True)
+        assert odd.returncode != 0 and "does not split evenly over 2 processes" in odd.stderr

@@ -205,11 +205,7 @@ def test_memory_and_speed_options_train_like_eager(tmp_path, option):
         assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=max(tol, 1e-6) * 10), (option, x["step"])
 
 
-def test_fsdp_in_one_process_and_a_device_without_the_precision_are_refused(tmp_path, monkeypatch):
-    with pytest.raises(ConfigError, match="--fsdp shards the model over processes"):
-        TrainingRun(small(tmp_path, "fsdp", fsdp=True)).run()
-    assert not (tmp_path / "fsdp").exists()
-
+def test_a_device_without_the_precision_is_refused_before_the_folder_is_made(tmp_path, monkeypatch):
     def no_fp16(*a, **k):
         raise RuntimeError("autocast: float16 is not supported on this device")
 
@@ -217,3 +213,44 @@ def test_fsdp_in_one_process_and_a_device_without_the_precision_are_refused(tmp_
     with pytest.raises(ConfigError, match="--precision fp16: not available on cpu"):
         TrainingRun(small(tmp_path, "fp16", precision="fp16")).run()
     assert not (tmp_path / "fp16").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch.cuda.set_sync_debug_mode checks device syncs")
+@pytest.mark.parametrize("clipper", ["none", "norm", "value", "autoclip", "zclip", "agc"])
+def test_on_cuda_the_step_syncs_only_in_its_one_host_read(clipper, monkeypatch):
+    """Every clipper and the guard under ``set_sync_debug_mode("error")``: any sync outside the
+    step's one host copy raises. (Runs only on a CUDA machine.)"""
+    import steadylm.train.stabilizer as stabilizer
+    from steadylm.models import build_model
+    from steadylm.train import Stabilizer, make_clipper
+    from steadylm.train.spikes import SpikeGuard
+
+    read = stabilizer.host_values
+    reads = []
+
+    def allowed(*values):  # the one permitted sync
+        torch.cuda.set_sync_debug_mode(0)
+        try:
+            reads.append(1)
+            return read(*values)
+        finally:
+            torch.cuda.set_sync_debug_mode("error")
+
+    monkeypatch.setattr(stabilizer, "host_values", allowed)
+    model = build_model("nano", vocab_size=300, context=16, seed=0).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    stab = Stabilizer(model, opt, clipper=make_clipper(clipper), guard=SpikeGuard("skip", min_samples=2),
+                      accum_steps=2, scaler=torch.amp.GradScaler("cuda"), ema=0.9)
+    x = torch.randint(0, 300, (2, 16), device="cuda")
+    try:
+        for _ in range(3):
+            for _ in range(2):
+                with torch.autocast("cuda", dtype=torch.float16):
+                    logits = model(input_ids=x, attention_mask=None, use_cache=False).logits  # (B, T, V)
+                loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, 300), x.reshape(-1))
+                torch.cuda.set_sync_debug_mode("error")
+                stab.step(loss)
+                torch.cuda.set_sync_debug_mode(0)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert len(reads) == 3

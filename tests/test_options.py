@@ -161,7 +161,7 @@ def _bad_value(cls: type, f: dataclasses.Field):
 
 
 UNCHECKED = {"data.source", "model.path", "model.trust_remote_code", "device", "optim.decay_embeddings",
-             "clip.zclip_skip_on_spike", "clip.agc_skip_output", "gradient_checkpointing", "compile", "fsdp"}
+             "clip.zclip_skip_on_spike", "clip.agc_skip_output", "gradient_checkpointing", "compile"}
 
 
 @pytest.mark.parametrize("section,cls,f", FIELDS, ids=IDS)
@@ -234,7 +234,7 @@ def test_old_flags_keep_their_name_and_meaning(train_parser, argv, sets):
     assert cli._train_overrides(args) == {**sets, "out": "run"}
 
 
-@pytest.mark.parametrize("argv", [["--beta2", "0.9"], ["--fsdp"], ["--zclip-skip-on-spike"], ["--guard-max-rollbacks", "2"]])
+@pytest.mark.parametrize("argv", [["--beta2", "0.9"], ["--compile"], ["--zclip-skip-on-spike"], ["--guard-max-rollbacks", "2"]])
 def test_resume_refuses_every_generated_flag(tmp_path, capsys, argv):
     from conftest import one_line_error
 

@@ -443,7 +443,6 @@ class TrainConfig:
                         choices=PRECISIONS)
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass instead of keeping them (less memory, about a third more compute)")
     compile: bool = _f(False, "compile the model with torch.compile (opt-in; the first steps are slow while it compiles)")
-    fsdp: bool = _f(False, "shard parameters, gradients and optimizer state over the processes (FSDP2, through accelerate); needs accelerate launch with 2+ processes")
 
     def __post_init__(self) -> None:
         _positive(self, "z_loss", allow_zero=True)

@@ -48,6 +48,7 @@ cell's ``checkpoints/`` folder is removed (``--keep-run-checkpoints`` keeps it);
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -133,7 +134,7 @@ def plan_cells(recipes: Sequence[Recipe], lrs: Sequence[float], seeds: Sequence[
             fac = dict(zip(varied, combo))
             for lr in lrs:
                 for seed in seeds:
-                    d = merge(base, r.options)
+                    d = copy.deepcopy(merge(base, r.options))  # assign() writes into nested tables: never the shared ones
                     for k, v in {**fixed, **fac}.items():
                         assign(d, k, v)
                     assign(d, "optim.lr", lr)

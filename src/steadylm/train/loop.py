@@ -238,8 +238,6 @@ class TrainingRun:
             torch.set_num_threads(cfg.threads)
         self.device = self._device(cfg.device)
         check_precision(cfg.precision, self.device)
-        if cfg.fsdp and not self.dp.active:
-            raise ConfigError("--fsdp shards the model over processes: start it with accelerate launch --num_processes 2 (or more)")
         if cfg.optim.batch_size % self.dp.world:
             raise ConfigError(f"--batch-size {cfg.optim.batch_size} does not split evenly over {self.dp.world} processes "
                               "(each rank takes an equal share of every batch)")
@@ -365,6 +363,13 @@ class TrainingRun:
         run = read_json(self.out / "run.json", error=CheckpointError)
         if run.get("data_fingerprint") != self.data_fingerprint:
             raise CheckpointError(f"--resume {self.out}: the data in {self.cfg.data.source} changed since the run started")
+        started = run.get("world_size", 1)
+        if started != self.dp.world and self.dp.main:
+            # sound: the global batch and its order do not depend on the number of processes
+            import sys
+
+            sys.stderr.write(f"steadylm: note: the run started with {started} process(es) and continues with {self.dp.world}; "
+                             "each step still takes the same global batch (sums over ranks may differ in the last bits)\n")
         ckpts = list_checkpoints(self.out)
         if not ckpts:
             torch.manual_seed(self.cfg.seed + self.dp.rank)
