@@ -148,8 +148,8 @@ def test_steadylm_train_under_accelerate_launch(tmp_path, case):
         assert x["clipped"] == y["clipped"]
     wa = load_file(tmp_path / "one" / "model" / "model.safetensors")
     wb = load_file(tmp_path / "two" / "model" / "model.safetensors")
-    for k in wa:
-        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6, msg=k)
+    for k in wa:  # 1e-5: AdamW's 1/sqrt(v) magnifies last-bit all-reduce differences where a gradient is ~0
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-5)
     if case == "zclip":
         odd = _steadylm([*common, "--batch-size", "3", "--out", str(tmp_path / "odd")], env, launch=True)
         assert odd.returncode != 0 and "does not split evenly over 2 processes" in odd.stderr
