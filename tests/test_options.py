@@ -92,9 +92,9 @@ def _actions(parser) -> dict[str, object]:
 
 
 def _config_from_argv(parser, argv: list[str]) -> TrainConfig:
-    """What ``steadylm train`` builds from these flags (as `_cmd_train` does, without a --config file)."""
+    """What ``steadylm train`` builds from these flags (as `cli.train.cmd_train` does, without a --config file)."""
     args = parser.parse_args(["--out", "run", *argv])
-    return TrainConfig.from_dict(merge({}, cli._train_overrides(args)), origin="flags")
+    return TrainConfig.from_dict(merge({}, cli.train._train_overrides(args)), origin="flags")
 
 
 def test_every_field_has_exactly_one_flag(train_parser):
@@ -231,7 +231,7 @@ OLD_FLAGS = [
 @pytest.mark.parametrize("argv,sets", OLD_FLAGS, ids=[a[0] for a, _ in OLD_FLAGS])
 def test_old_flags_keep_their_name_and_meaning(train_parser, argv, sets):
     args = train_parser.parse_args(["--out", "run", *argv])
-    assert cli._train_overrides(args) == {**sets, "out": "run"}
+    assert cli.train._train_overrides(args) == {**sets, "out": "run"}
 
 
 @pytest.mark.parametrize("argv", [["--beta2", "0.9"], ["--compile"], ["--zclip-skip-on-spike"], ["--guard-max-rollbacks", "2"]])
