@@ -254,3 +254,22 @@ def test_on_cuda_the_step_syncs_only_in_its_one_host_read(clipper, monkeypatch):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert len(reads) == 3
+
+
+def test_a_folder_saved_from_a_gguf_model_trains_and_checkpoints(tmp_path, nano_model_dir):
+    """A model folder whose config.json still carries a ``gguf`` quantization_config (what
+    ``save_pretrained`` of a GGUF-loaded model leaves) holds plain float weights: it loads, and
+    its checkpoints can be written (transformers refused to save it, after the training steps)."""
+    import json
+    import shutil
+
+    folder = tmp_path / "from-gguf"
+    shutil.copytree(nano_model_dir, folder)
+    conf = json.loads((folder / "config.json").read_text())
+    conf["quantization_config"] = {"dequantize": False, "gguf_file": "model.Q4_1.gguf", "quant_method": "gguf"}
+    (folder / "config.json").write_text(json.dumps(conf))
+    cfg = TrainConfig(out=str(tmp_path / "run"), steps=2, threads=1, data=DataConfig(context=32),
+                      model=ModelConfig(path=str(folder)), optim=OptimConfig(batch_size=2, lr=5e-5),
+                      checkpoint=CheckpointConfig(every=1))
+    summary = TrainingRun(cfg).run()
+    assert math.isfinite(summary["val_loss"]) and (tmp_path / "run" / "checkpoints" / "step-2" / "model.safetensors").is_file()

@@ -140,6 +140,11 @@ def load_model(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_
         raise ModelError(f"{path}: unreadable config.json ({type(e).__name__}: {_first_line(e)})") from None
     if not _is_causal_lm(config):
         raise ModelError(f"{path}: model type {getattr(config, 'model_type', '?')!r} is not a causal language model")
+    qc = getattr(config, "quantization_config", None)
+    if (qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)) == "gguf":
+        # A folder saved from a GGUF-loaded model: its safetensors hold dequantized floats, and the
+        # leftover marker would only make transformers refuse to save it again (at the first checkpoint).
+        del config.quantization_config
     if dropout is not None:
         set_dropout(config, dropout)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
