@@ -22,8 +22,15 @@ What is the same on both sides (checked, not assumed)
 * Host reads: steadylm reads the loss and the grad norm as Python floats every step (for
   metrics.jsonl), so the bare loop also calls ``loss.item()`` and ``norm.item()`` every step and
   keeps them in a list (no I/O). On CPU these reads cost ~1 us; they would matter on a GPU.
+* Precision (``--precision``, default fp32): both sides run the forward under
+  ``torch.autocast(device, dtype)`` for bf16/fp16 and take the cross-entropy of the logits in
+  float32; fp16 adds a ``torch.amp.GradScaler`` to the bare loop as nanoGPT has it (scale,
+  ``unscale_``, clip, ``scaler.step``, ``update``), where steadylm's ``Stabilizer`` holds its own
+  with the same settings (compared before timing, like the autocast dtype).
 * After the run the per-step losses and the final weights of both models are compared; they are
-  bit-identical when both sides really did the same arithmetic.
+  bit-identical when both sides really did the same arithmetic (on a CPU also in bf16 and fp16,
+  where no kernel is nondeterministic). The first ``AGREE_STEPS`` losses must agree within the
+  precision's ``LOSS_TOL``, else the report warns that the ratio compares different work.
 
 What steadylm does on top (and is therefore *measured as its overhead*)
 -----------------------------------------------------------------------
@@ -66,6 +73,7 @@ Exit status is 0 whenever the measurement completed (it is a measurement, not a 
 setup error. Example::
 
     .venv/bin/python benchmarks/train_overhead.py --out benchmarks/out/train_overhead.json
+    .venv/bin/python benchmarks/train_overhead.py --precision bf16 --out benchmarks/out/train_overhead_bf16.json
 """
 
 from __future__ import annotations
@@ -85,6 +93,13 @@ from pathlib import Path
 TARGET = 0.95
 QUIET_LOAD = 0.5
 QUIET_OTHER_CORES = 0.1  # a round is "quiet" if other processes used less CPU than this, on average
+# how far the first steps' losses may differ before the two loops are not doing the same work.
+# On a CPU they are bit-identical in every precision; the slack is for nondeterministic (GPU)
+# kernels, below one rounding step of the autocast dtype at the initial loss of ~8 (bf16 keeps 8
+# significant bits: 8 * 2**-8 = 0.03; fp16 keeps 11: 0.004). It cannot tell a missing autocast
+# (that moves the first loss by ~1e-5), so _check_same_work compares the dtypes themselves.
+LOSS_TOL = {"fp32": 1e-5, "bf16": 2e-2, "fp16": 3e-3}
+AGREE_STEPS = 10  # the first steps, before rounding differences (if any) have had time to compound
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -139,6 +154,16 @@ def _stats(times: list[float]) -> dict:
     }
 
 
+def _max_diff(a: list[float], b: list[float]) -> float:
+    """Largest |a - b|: a NaN or inf on both sides agrees (an fp16 overflow), on one side only is infinitely far."""
+    def one(x: float, y: float) -> float:
+        if x == y or (math.isnan(x) and math.isnan(y)):
+            return 0.0
+        return abs(x - y) if math.isfinite(x) and math.isfinite(y) else math.inf
+
+    return max((one(x, y) for x, y in zip(a, b)), default=0.0)
+
+
 def _timeit(fn, n: int) -> float:
     """Median seconds of ``fn()`` over ``n`` calls (after 3 warm-up calls)."""
     for _ in range(3):
@@ -175,10 +200,14 @@ class BareLoop:
             [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=True,
         )
-        # clip in the optimizer's parameter order, as steadylm does: the global norm is a sum whose
-        # order changes its last bits, and with it the weights (nanoGPT passes model.parameters())
-        self.params = decay + no_decay
+        # clip in the model's parameter order, as nanoGPT and steadylm's Stabilizer do: the global
+        # norm is a sum whose order changes its last bits, and with it the weights
+        self.params = params
         self.max_norm = cfg.clip.max_norm
+        # precision as nanoGPT's train.py has it: the forward under autocast, fp16 with a GradScaler
+        self.device_type = next(self.model.parameters()).device.type
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+        self.scaler = torch.amp.GradScaler(self.device_type) if cfg.precision == "fp16" else None
         self.B, self.A, self.T = o.batch_size, o.grad_accum, cfg.data.context
         self.steps, self.peak, self.min_lr = cfg.steps, o.lr, o.lr * o.min_lr_ratio
         self.warmup = cfg.warmup_steps
@@ -222,7 +251,7 @@ class BareLoop:
         import torch.nn.functional as F
 
         torch = self.torch
-        model, opt, B, A = self.model, self.optimizer, self.B, self.A
+        model, opt, scaler, B, A = self.model, self.optimizer, self.scaler, self.B, self.A
         t_prev = time.perf_counter()
         for _ in range(n):
             it = self.next_step
@@ -231,11 +260,22 @@ class BareLoop:
                 group["lr"] = lr
             for micro in range(A):
                 x, y = self.get_batch((it * A + micro) * B)
-                logits = model(input_ids=x, use_cache=False).logits
-                loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
-                (loss / A).backward()
+                with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None):
+                    logits = model(input_ids=x, use_cache=False).logits  # (B, T, V)
+                # the loss in float32, as nanoGPT's (autocast runs log_softmax in float32); a no-op in fp32
+                loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
+                if scaler is None:
+                    (loss / A).backward()
+                else:
+                    scaler.scale(loss / A).backward()
+            if scaler is not None:
+                scaler.unscale_(opt)  # clip the true gradients
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
-            opt.step()
+            if scaler is None:
+                opt.step()
+            else:
+                scaler.step(opt)  # skipped if a gradient overflowed
+                scaler.update()
             opt.zero_grad(set_to_none=True)
             self.losses.append(loss.item())  # last micro-batch's loss, as nanoGPT logs
             self.norms.append(norm.item())
@@ -278,7 +318,7 @@ def _run_benchmark(args, work: Path) -> dict:
         data=DataConfig(source=args.data, context=args.context, vocab_size=args.vocab_size),
         model=ModelConfig(preset=args.preset),
         optim=OptimConfig(batch_size=args.batch_size, grad_accum=args.grad_accum),
-        clip=ClipConfig(method="norm", max_norm=1.0),
+        clip=ClipConfig(method="norm", max_norm=1.0), precision=args.precision,
     )
     if args.checkpoint_every is not None:
         cfg.checkpoint.every = args.checkpoint_every
@@ -385,8 +425,12 @@ def _run_benchmark(args, work: Path) -> dict:
     s_losses = [nan if m["loss"] is None else m["loss"] for m in steps_logged]
     s_norms = [nan if m["grad_norm"] is None else m["grad_norm"] for m in steps_logged]
     # steadylm logs the mean of the micro-batch losses, the bare loop (nanoGPT) the last one
-    loss_diff = max(abs(a - b) for a, b in zip(s_losses, bare.losses)) if cfg.optim.grad_accum == 1 else None
-    norm_diff = max(abs(a - b) for a, b in zip(s_norms, bare.norms))
+    loss_diff = first_diff = None
+    if cfg.optim.grad_accum == 1:
+        loss_diff = _max_diff(s_losses, bare.losses)
+        first_diff = _max_diff(s_losses[:AGREE_STEPS], bare.losses[:AGREE_STEPS])
+    loss_tol = LOSS_TOL[cfg.precision]
+    norm_diff = _max_diff(s_norms, bare.norms)
     with torch.no_grad():
         w_diff = max(float((p - q).abs().max()) for p, q in zip(run.model.parameters(), bare.model.parameters()))
 
@@ -428,7 +472,7 @@ def _run_benchmark(args, work: Path) -> dict:
         "config": {
             "preset": cfg.model.preset, "data": cfg.data.source, "context": cfg.data.context,
             "vocab_size": cfg.data.vocab_size, "batch_size": cfg.optim.batch_size, "grad_accum": cfg.optim.grad_accum,
-            "tokens_per_step": tokens_per_step, "warmup_steps": W, "steps_per_block": N, "rounds": R,
+            "precision": cfg.precision, "tokens_per_step": tokens_per_step, "warmup_steps": W, "steps_per_block": N, "rounds": R,
             "total_steps": total, "checkpoint_every": every, "clip": f"{cfg.clip.method} {cfg.clip.max_norm}",
             "progress_bar": progress_on, "parameters": run.n_params,
             "guard": getattr(getattr(cfg, "guard", None), "action", None), "z_loss": getattr(cfg, "z_loss", None),
@@ -457,6 +501,9 @@ def _run_benchmark(args, work: Path) -> dict:
         "quiet_rounds": quiet,
         "same_work": {"steadylm_events": [{k: e[k] for k in ("step", "event", "kind") if k in e} for e in events],
                       "max_abs_loss_diff": loss_diff, "max_abs_grad_norm_diff": norm_diff,
+                      "first_steps": AGREE_STEPS, "max_abs_loss_diff_first_steps": first_diff, "loss_tolerance": loss_tol,
+                      "agree": first_diff is None or first_diff <= loss_tol,
+                      "first_losses": {"steadylm": s_losses[:AGREE_STEPS], "bare": bare.losses[:AGREE_STEPS]},
                       "max_abs_weight_diff": w_diff, "bit_identical": not loss_diff and norm_diff == 0 and w_diff == 0},
         "per_step_s": {"steadylm": s_times, "bare": bare.times, "checkpoint_steps": sorted(ckpt_steps)},
         "setup_s": state["t_setup"],
@@ -491,6 +538,12 @@ def _check_same_work(run, bare: BareLoop, cfg, lr_at) -> None:
     for ka in ("lr", "betas", "eps", "weight_decay", "fused"):
         if [g[ka] for g in run.optimizer.param_groups] != [g[ka] for g in bare.optimizer.param_groups]:
             raise SteadyError(f"bare optimizer's {ka} differs from steadylm's")
+    sa, sb = run.stabilizer.scaler, bare.scaler
+    if run.autocast_dtype != bare.dtype or (sa is None) != (sb is None):
+        raise SteadyError(f"bare loop's precision differs from steadylm's (autocast {bare.dtype} vs {run.autocast_dtype}, "
+                          f"GradScaler {sb is not None} vs {sa is not None})")
+    if sa is not None and sa.state_dict() != sb.state_dict():
+        raise SteadyError(f"bare loop's GradScaler {sb.state_dict()} differs from steadylm's {sa.state_dict()}")
     B, A = cfg.optim.batch_size, cfg.optim.grad_accum
     for step in range(cfg.steps):
         if abs(bare.get_lr(step) - lr_at(step, cfg)) > 1e-15:
@@ -587,7 +640,8 @@ def components(run, bare: BareLoop, cfg, work: Path, record: dict) -> dict:
 def report(res: dict) -> None:
     c, e, s, b = res["config"], res["environment"], res["steadylm"], res["bare"]
     print(f"\ntrain_overhead: preset {c['preset']} ({c['parameters'] / 1e6:.2f} M params), context {c['context']}, "
-          f"batch {c['batch_size']}x{c['grad_accum']}, vocab {c['vocab_size']}, {c['tokens_per_step']} tokens/step")
+          f"batch {c['batch_size']}x{c['grad_accum']}, vocab {c['vocab_size']}, {c['tokens_per_step']} tokens/step, "
+          f"precision {c['precision']}")
     print(f"torch {e['torch']}, {e['threads']} threads on {e['cpus']} CPUs; load before {e['load_before'][0]:.2f} "
           f"(1 min) / {e['load_before'][1]:.2f} (5 min); progress bar {'on' if c['progress_bar'] else 'off'}; "
           f"checkpoint every {c['checkpoint_every']}")
@@ -614,6 +668,11 @@ def report(res: dict) -> None:
     ld = "n/a (grad_accum > 1)" if sw["max_abs_loss_diff"] is None else f"{sw['max_abs_loss_diff']:.3g}"
     print(f"same work: max |loss diff| {ld}, |grad-norm diff| {sw['max_abs_grad_norm_diff']:.3g}, "
           f"|weight diff| {sw['max_abs_weight_diff']:.3g}{' (bit-identical)' if sw['bit_identical'] else ''}")
+    if sw["max_abs_loss_diff_first_steps"] is not None:
+        print(f"  first {sw['first_steps']} steps' losses: max |diff| {sw['max_abs_loss_diff_first_steps']:.3g} "
+              f"(tolerance {sw['loss_tolerance']:g} for {c['precision']}): {'agree' if sw['agree'] else 'DIFFER'}")
+    if not sw["agree"]:
+        print("WARNING: the two loops did not do the same arithmetic: the ratio compares different work.")
     if sw["steadylm_events"]:
         print(f"  steadylm events during the run (explain any difference): {sw['steadylm_events']}")
     if "components" in res:
@@ -658,6 +717,8 @@ def main(argv=None) -> int:
     p.add_argument("--context", type=int, default=128)
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--data", default="builtin:pydoc")
+    p.add_argument("--precision", choices=tuple(LOSS_TOL), default="fp32",
+                   help="both loops' forward precision: autocast for bf16/fp16, fp16 with a GradScaler (default: fp32)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="default: steadylm's default (100)")
     p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                    help="steadylm's progress bar: auto = as a real run (on only if stderr is a terminal)")

@@ -13,6 +13,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 os.environ.setdefault("STEADYLM_PROGRESS", "0")
+# One intra-op thread for torch here and in every steadylm process a test starts: the models are
+# tiny, so a second thread only adds synchronisation, and when the cores are shared (a test server
+# beside its client, a busy machine) waiting for it makes each op several times slower. Set before
+# torch is imported; tests that pass --threads still get what they ask for.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,14 +34,44 @@ def run_cli(*args: str, timeout: float = 600, cwd: str | os.PathLike | None = No
                           timeout=timeout, env=env, cwd=cwd)
 
 
-def one_line_error(capsys, argv, fragment: str) -> str:
-    """Run ``steadylm ARGV`` in this process; it must exit 2 with one ``steadylm: error:`` line
-    holding ``fragment`` (and no traceback). Returns that line."""
+def _main(argv) -> int:
+    """``steadylm.cli.main(argv)``'s exit code, also where argparse exits from inside parse_args
+    (usage errors, --version)."""
     from steadylm import cli
 
-    rc = cli.main(argv)
-    err = capsys.readouterr().err
+    try:
+        return cli.main(list(argv))
+    except SystemExit as e:
+        return e.code
+
+
+def run_in_process(*args: str) -> subprocess.CompletedProcess:
+    """``steadylm ARGS`` through ``steadylm.cli.main`` in this process, with what it prints captured
+    and returned as ``run_cli`` returns it: the same code path without a second torch import (the
+    real process, exit code and all, is held by one test in test_cli.py). For fixtures and tests
+    that cannot take capsys; torch's thread count is restored afterwards."""
+    import contextlib
+    import io
+
+    import torch
+
+    out, err, threads = io.StringIO(), io.StringIO(), torch.get_num_threads()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = _main(args)
+    finally:
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(["steadylm", *args], rc, out.getvalue(), err.getvalue())
+
+
+def one_line_error(capsys, argv, fragment: str, *, quiet: bool = False) -> str:
+    """Run ``steadylm ARGV`` in this process; it must exit 2 with one ``steadylm: error:`` line
+    holding ``fragment`` (and no traceback), and with ``quiet`` print nothing on stdout. Returns
+    that line."""
+    rc = _main(argv)
+    out, err = capsys.readouterr()
     assert rc == 2, err
+    assert not quiet or out == "", out
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("steadylm: error:"), err
     assert fragment in lines[0], lines[0]

@@ -1,21 +1,15 @@
-"""The command line: every bad input is one line on stderr, exit code 2, and no run folder."""
+"""The command line: every bad input is one line on stderr, exit code 2, and no run folder.
+
+One test runs ``python -m steadylm`` as a real process to hold the exit-2 contract end to end; the
+rest call ``steadylm.cli.main`` in this process, which is the same code without the start-up cost."""
 
 import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import one_line_error, run_cli
 
 NANO = ["--data", "builtin:pydoc", "--preset", "nano", "--vocab-size", "400", "--context", "32", "--batch-size", "4"]
-
-
-def _one_line_error(r, fragment):
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    assert lines[0].startswith("steadylm: error:"), lines[0]
-    assert fragment in lines[0], lines[0]
-    assert "Traceback" not in r.stderr
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +60,9 @@ def bad_files(tmp_path_factory):
         (["--ema", "1.0"], "--ema must be in [0, 1)"),
     ],
 )
-def test_bad_train_flags(tmp_path, args, fragment):
+def test_bad_train_flags(tmp_path, capsys, args, fragment):
     out = tmp_path / "run"
-    r = run_cli("train", *NANO, "--steps", "2", *args, "--out", str(out))
-    _one_line_error(r, fragment)
+    one_line_error(capsys, ["train", *NANO, "--steps", "2", *args, "--out", str(out)], fragment)
     assert not out.exists(), "a failed start must not leave a run folder"
 
 
@@ -85,68 +78,85 @@ def test_bad_train_flags(tmp_path, args, fragment):
         ("emptydir", "no .txt files"),
     ],
 )
-def test_bad_data(tmp_path, bad_files, name, fragment):
+def test_bad_data(tmp_path, capsys, bad_files, name, fragment):
     out = tmp_path / "run"
-    r = run_cli("train", "--data", str(bad_files / name), "--preset", "nano", "--steps", "2", "--out", str(out))
-    _one_line_error(r, fragment)
+    one_line_error(capsys, ["train", "--data", str(bad_files / name), "--preset", "nano", "--steps", "2", "--out", str(out)],
+                   fragment)
     assert not out.exists()
 
 
 @pytest.mark.parametrize("name,fragment", [("bad.toml", "invalid TOML"), ("unknown.toml", "unknown key 'stepz'"), ("nope.toml", "no such file")])
-def test_bad_config_file(tmp_path, bad_files, name, fragment):
-    r = run_cli("train", "--config", str(bad_files / name), "--out", str(tmp_path / "run"))
-    _one_line_error(r, fragment)
+def test_bad_config_file(tmp_path, capsys, bad_files, name, fragment):
+    one_line_error(capsys, ["train", "--config", str(bad_files / name), "--out", str(tmp_path / "run")], fragment)
 
 
-def test_config_file_and_flag_precedence(tmp_path):
+def test_an_error_is_one_line_and_exit_2_in_a_real_process(tmp_path):
+    """The contract end to end: ``python -m steadylm`` exits 2, prints one ``steadylm: error:`` line
+    and no traceback, writes nothing on stdout and leaves no run folder."""
+    out = tmp_path / "run"
+    r = run_cli("train", "--data", str(tmp_path / "missing.txt"), "--preset", "nano", "--steps", "2", "--out", str(out))
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert r.stderr.splitlines() == [f"steadylm: error: {tmp_path / 'missing.txt'}: no such file or folder"], r.stderr
+    assert r.stdout == "" and not out.exists()
+
+
+def test_config_file_and_flag_precedence(tmp_path, capsys):
+    from steadylm.cli import main
+
     cfg = tmp_path / "c.toml"
     cfg.write_text('steps = 2\nseed = 5\n[data]\nsource = "builtin:pydoc"\ncontext = 32\nvocab_size = 400\n'
                    '[model]\npreset = "nano"\n[optim]\nbatch_size = 4\nlr = 0.01\n', encoding="utf-8")
-    r = run_cli("train", "--config", str(cfg), "--lr", "1.0", "--lr", "0.002", "--out", str(tmp_path / "run"), "--json",
-                "--no-plots", "--inject", "nan@1", "--inject", "spike@2:10")
-    assert r.returncode == 0, r.stderr
+    rc = main(["train", "--config", str(cfg), "--lr", "1.0", "--lr", "0.002", "--out", str(tmp_path / "run"), "--json",
+               "--no-plots", "--inject", "nan@1", "--inject", "spike@2:10"])
+    assert rc == 0, capsys.readouterr().err
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["seed"] == 5 and saved["steps"] == 2 and saved["optim"]["lr"] == 0.002  # the later flag wins
     assert saved["guard"]["inject"] == ["nan@1", "spike@2:10"]  # --inject accumulates
 
 
-def test_train_needs_out_and_model_must_be_a_model(tmp_path):
-    _one_line_error(run_cli("train", *NANO), "train needs --out")
-    _one_line_error(run_cli("train", "--model", str(tmp_path), "--out", str(tmp_path / "r")), "not a Hugging Face model folder")
-    _one_line_error(run_cli("train", "--preset", "nano", "--model", str(tmp_path), "--out", str(tmp_path / "r")), "either --preset or --model")
+def test_train_needs_out_and_model_must_be_a_model(tmp_path, capsys):
+    one_line_error(capsys, ["train", *NANO], "train needs --out")
+    one_line_error(capsys, ["train", "--model", str(tmp_path), "--out", str(tmp_path / "r")], "not a Hugging Face model folder")
+    one_line_error(capsys, ["train", "--preset", "nano", "--model", str(tmp_path), "--out", str(tmp_path / "r")],
+                   "either --preset or --model")
 
 
-def test_eval_bad_input(tmp_path, bad_files, nano_model_dir):
-    _one_line_error(run_cli("eval", "perplexity", "--model", str(nano_model_dir), "--data", str(bad_files / "nul.txt")), "binary data")
-    _one_line_error(run_cli("eval", "perplexity", "--model", str(tmp_path / "none"), "--data", "builtin:pydoc"), "no such model folder")
-    _one_line_error(run_cli("eval", "perplexity", "--data", "builtin:pydoc"), "required: --model")
+def test_eval_bad_input(tmp_path, capsys, bad_files, nano_model_dir):
+    one_line_error(capsys, ["eval", "perplexity", "--model", str(nano_model_dir), "--data", str(bad_files / "nul.txt")], "binary data")
+    one_line_error(capsys, ["eval", "perplexity", "--model", str(tmp_path / "none"), "--data", "builtin:pydoc"], "no such model folder")
+    one_line_error(capsys, ["eval", "perplexity", "--data", "builtin:pydoc"], "required: --model")
     # a folder with a config that is not a causal LM
     enc = tmp_path / "bert"
     enc.mkdir()
     (enc / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
     (enc / "model.safetensors").write_bytes(b"")
-    _one_line_error(run_cli("eval", "perplexity", "--model", str(enc), "--data", "builtin:pydoc"), "not a causal language model")
+    one_line_error(capsys, ["eval", "perplexity", "--model", str(enc), "--data", "builtin:pydoc"], "not a causal language model")
     # only .bin weights: steadylm does not unpickle
     pt = tmp_path / "pickled"
     pt.mkdir()
     (pt / "config.json").write_text(json.dumps({"model_type": "llama"}))
     (pt / "pytorch_model.bin").write_bytes(b"\x80\x04")
-    _one_line_error(run_cli("eval", "perplexity", "--model", str(pt), "--data", "builtin:pydoc"), "no safetensors weights")
+    one_line_error(capsys, ["eval", "perplexity", "--model", str(pt), "--data", "builtin:pydoc"], "no safetensors weights")
 
 
-def test_unknown_command():
-    r = run_cli("frobnicate")
-    assert r.returncode == 2 and r.stderr.startswith("steadylm: error:")
+def test_unknown_command(capsys):
+    one_line_error(capsys, ["frobnicate"], "invalid choice: 'frobnicate'")
 
 
-def test_presets_and_version():
-    r = run_cli("presets")
-    assert r.returncode == 0 and "tiny" in r.stdout and "nano" in r.stdout
-    r = run_cli("--version")
-    assert r.returncode == 0 and r.stdout.startswith("steadylm ")
+def test_presets_and_version(capsys):
+    import steadylm
+    from steadylm.cli import main
+
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny" in out and "nano" in out
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"steadylm {steadylm.__version__}\n"
 
 
-def test_demo_runs_and_says_where_things_are(tmp_path):
+@pytest.mark.slow
+def test_demo_runs_and_says_where_things_are(tmp_path, capsys):
     out = tmp_path / "demo"
     r = run_cli("demo", "--out", str(out), "--steps", "4")
     assert r.returncode == 0, r.stderr
@@ -165,7 +175,8 @@ def test_demo_runs_and_says_where_things_are(tmp_path):
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("keep")
-    _one_line_error(run_cli("demo", "--out", str(other), "--steps", "2"), "holds no earlier demo")
+    one_line_error(capsys, ["demo", "--out", str(other), "--steps", "2"], "holds no earlier demo")
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"] and (other / "notes.txt").read_text() == "keep"
 
 
 def test_closed_pipe_is_not_a_traceback():

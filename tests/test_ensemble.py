@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CHINESE
+from conftest import CHINESE, one_line_error as _one_line
 from steadylm.errors import CheckpointError, ConfigError, ModelError
 
 PROMPTS = ["def parse(", "The module", "x", "import os and then the function returns"]
@@ -47,15 +47,6 @@ def nano_b(tmp_path_factory, tokenizer):
 def qknorm(tmp_path_factory, tokenizer):
     """A bigger member of another architecture (Qwen3 QK-norm, tiny size), same tokenizer."""
     return _save(tmp_path_factory, tokenizer, "tiny-qknorm", 2, "tiny-qknorm", context=48)
-
-
-def _one_line(capsys, argv, fragment):
-    from steadylm.cli import main
-
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("steadylm: error:") and fragment in err[0], err
-    return err[0]
 
 
 # --------------------------------------------------------------------------- token-level
@@ -134,7 +125,10 @@ def test_members_of_different_architecture_and_size(nano_model_dir, qknorm):
     greedy = ens.generate(_reqs(DecodingSettings(temperature=0.0, max_new_tokens=6), samples=1))
     assert all(g.completion_tokens <= 6 for g in greedy)
     sampled = ens.generate(_reqs(DecodingSettings(temperature=1.0, max_new_tokens=6), samples=2))
-    assert all(isinstance(g.text, str) and g.finish_reason in ("stop", "length") for g in sampled)
+    # each stops at the end-of-sequence token or at the 6-token budget, and the two samples differ somewhere
+    assert all(g.finish_reason in ("stop", "length") and (g.finish_reason == "length") == (g.completion_tokens == 6)
+               for g in sampled)
+    assert [g.text for g in sampled[0::2]] != [g.text for g in sampled[1::2]]
     # and a third, mixed-weight ensemble stays a distribution
     ens3 = EnsembleBackend([nano_model_dir, qknorm, nano_model_dir], weights=[2, 1, 1])
     torch.testing.assert_close(ens3.next_token_logprobs(PROMPTS[:2]).exp().sum(-1), torch.ones(2))

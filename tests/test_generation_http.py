@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from conftest import run_cli
+from conftest import one_line_error, run_in_process
 from openai_server import OpenAIServer
 from steadylm.evaluate.backends import DecodingSettings, Request
 
@@ -50,7 +50,7 @@ def test_eval_generation_over_http_resumes(server, prompts, tmp_path):
             "--max-new-tokens", "6", "--determinism-prompts", "2", "--determinism-runs", "2", "--bootstrap", "200",
             "--concurrency", "3", "--out", str(out), "--json"]
     server.reset()
-    r = run_cli(*args)
+    r = run_in_process(*args)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["signature"]["backend"]["backend"] == "openai" and res["counts"]["generations"] == 6
@@ -60,7 +60,7 @@ def test_eval_generation_over_http_resumes(server, prompts, tmp_path):
     assert server.max_in_flight <= 3
     seen = server.requests_seen
     # the same command again: every request comes from the cache, none reaches the server
-    r2 = run_cli(*args)
+    r2 = run_in_process(*args)
     assert r2.returncode == 0, r2.stderr
     assert server.requests_seen == seen
     assert json.loads(r2.stdout)["counts"]["from_cache"] == 6
@@ -72,23 +72,22 @@ def test_server_failure_keeps_finished_work(server, prompts, tmp_path):
             "--max-new-tokens", "6", "--no-determinism", "--concurrency", "1", "--out", str(out)]
     server.reset()
     server.fail_next("401", n=10, after=3)
-    r = run_cli(*args)
+    r = run_in_process(*args)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert "OPENAI_API_KEY" in r.stderr and "finished generations are kept" in r.stderr
     assert len((out / "cache.jsonl").read_text().splitlines()) == 3
     server.reset()
-    r = run_cli(*args)
+    r = run_in_process(*args)
     assert r.returncode == 0, r.stderr
     assert server.requests_seen == 6 - 3  # only what was missing
 
 
-def test_unreachable_endpoint(tmp_path, prompts):
+def test_unreachable_endpoint(tmp_path, prompts, capsys):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    r = run_cli("eval", "generation", "--model", f"openai:http://127.0.0.1:{port}/v1#m", "--prompts", str(prompts),
-                "--out", str(tmp_path / "o"))
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot reach" in r.stderr
-    bad = run_cli("eval", "generation", "--model", "openai:localhost:8000", "--prompts", str(prompts))
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    one_line_error(capsys, ["eval", "generation", "--model", f"openai:http://127.0.0.1:{port}/v1#m", "--prompts", str(prompts),
+                            "--out", str(tmp_path / "o")], "cannot reach")
+    one_line_error(capsys, ["eval", "generation", "--model", "openai:localhost:8000", "--prompts", str(prompts)],
+                   "bad endpoint spec 'openai:localhost:8000': no '#MODEL'")

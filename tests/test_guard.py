@@ -27,6 +27,7 @@ def clean(tmp_path_factory):
     return run(tmp_path_factory.mktemp("clean"), "clean", "off")
 
 
+@pytest.mark.slow
 def test_nan_ruins_unguarded_and_skip_recovers(tmp_path, clean):
     bad = run(tmp_path, "nan-off", "off", [f"nan@{AT}"])
     assert math.isnan(bad["val_loss"])  # NaN weights
@@ -37,6 +38,7 @@ def test_nan_ruins_unguarded_and_skip_recovers(tmp_path, clean):
     assert inj["spec"] == f"nan@{AT}" and {"step": AT, "kind": "nonfinite_loss", "action": "skip"} in inj["detected"]
 
 
+@pytest.mark.slow
 def test_gradient_spike_hurts_unguarded_and_skip_recovers(tmp_path, clean):
     # Unclipped, a 1000x gradient inflates Adam's second moment and stalls learning for many steps.
     bad = run(tmp_path, "spike-off", "off", [f"spike@{AT}:1000"])
@@ -46,6 +48,7 @@ def test_gradient_spike_hurts_unguarded_and_skip_recovers(tmp_path, clean):
     assert any(d["kind"] == "grad_spike" and d["step"] == AT for d in good["injected"][0]["detected"])
 
 
+@pytest.mark.slow
 def test_lr_spike_needs_rollback(tmp_path, clean):
     # A 1000x learning rate for one step wrecks the weights: skipping later steps cannot undo
     # that, rolling back to the last good checkpoint can.
@@ -65,6 +68,7 @@ def test_lr_spike_needs_rollback(tmp_path, clean):
     assert summary["rollbacks"] == len(rb)
 
 
+@pytest.mark.slow
 def test_guard_stops_after_too_many_incidents(tmp_path):
     with pytest.raises(GuardStop, match="incidents in a row"):
         run(tmp_path, "stop", "skip", [f"lr@{AT}:1000"], max_consecutive=2)

@@ -91,7 +91,11 @@ def test_a_line_of_exactly_the_limit_is_read():
 # --------------------------------------------------------------------------- deep JSON and surrogates
 
 def test_loads_json_limits():
-    assert loads_json("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH, "x") is not None
+    value, depth = loads_json("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH, "x"), 1
+    while value:
+        [value] = value
+        depth += 1
+    assert value == [] and depth == MAX_JSON_DEPTH  # read whole: lists nested exactly that deep
     for text in ("[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1), DEEP, "[" * 100_000 + "]" * 100_000,
                  '{"a": ' * 500 + "1" + "}" * 500):
         with pytest.raises(DataError, match=r"^x: JSON nested deeper than 100 levels"):

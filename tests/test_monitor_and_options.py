@@ -52,7 +52,7 @@ def test_monitor_fields_every_n_steps(tmp_path):
     watched = [r for r in recs if "max_attn_logit" in r]
     assert [r["step"] for r in watched] == [3, 6]
     for r in watched:
-        assert r["update_ratio/decay"] > 0 and r["update_ratio/no_decay"] >= 0
+        assert r["update_ratio/decay"] > 0 and r["update_ratio/no_decay"] > 0  # AdamW moves the norm weights too
         assert r["log_z_max"] >= r["log_z_mean"]
     assert "max_attn_logit" not in recs[0]
 

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from conftest import CHINESE, run_cli
+from conftest import CHINESE, one_line_error
 from steadylm.evaluate.perplexity import compute_perplexity, rolling_windows
 
 
@@ -125,12 +125,13 @@ def test_untrained_model_is_near_uniform(nano, pydoc_docs):
     assert 0.5 * len(tok) < res.token_perplexity < 2.0 * len(tok)
 
 
-def test_cli_json(nano_model_dir, tmp_path):
+def test_cli_json(nano_model_dir, tmp_path, capsys):
+    from steadylm.cli import main
+
     data = tmp_path / "docs.jsonl"
     data.write_text("\n".join(json.dumps({"text": t}) for t in ["Hello world, this is text.", CHINESE]) + "\n", encoding="utf-8")
-    r = run_cli("eval", "perplexity", "--model", str(nano_model_dir), "--data", str(data), "--json", "--stride", "16")
-    assert r.returncode == 0, r.stderr
-    d = json.loads(r.stdout)
+    assert main(["eval", "perplexity", "--model", str(nano_model_dir), "--data", str(data), "--json", "--stride", "16"]) == 0
+    d = json.loads(capsys.readouterr().out)
     for k in ("token_perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "tokens", "documents", "window", "stride", "signature"):
         assert k in d
     assert d["window"] == 64 and d["stride"] == 16 and d["documents"] == 2
@@ -138,7 +139,7 @@ def test_cli_json(nano_model_dir, tmp_path):
     assert sig.startswith("steadylm:") and "|model:" in sig and "|tok:" in sig and "|special:no|window:64|stride:16|dtype:float32" in sig
 
 
-def test_cli_errors(nano_model_dir, tmp_path):
+def test_cli_errors(nano_model_dir, tmp_path, capsys):
     data = tmp_path / "d.txt"
     data.write_text("some text here", encoding="utf-8")
     cases = [
@@ -148,12 +149,8 @@ def test_cli_errors(nano_model_dir, tmp_path):
         (["--window", "16", "--stride", "17"], "--stride 17 is larger than --window 16"),
     ]
     for extra, msg in cases:
-        r = run_cli("eval", "perplexity", "--model", str(nano_model_dir), "--data", str(data), *extra)
-        assert r.returncode == 2, (extra, r.stderr)
-        assert r.stderr.startswith("steadylm: error:") and msg in r.stderr, r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
-    r = run_cli("eval", "perplexity", "--model", str(tmp_path), "--data", str(data))
-    assert r.returncode == 2 and "not a Hugging Face model folder" in r.stderr
+        one_line_error(capsys, ["eval", "perplexity", "--model", str(nano_model_dir), "--data", str(data), *extra], msg)
+    one_line_error(capsys, ["eval", "perplexity", "--model", str(tmp_path), "--data", str(data)], "not a Hugging Face model folder")
 
 
 def test_diverged_model_reports_infinite_perplexity():

@@ -7,7 +7,7 @@ import math
 import re
 
 import pytest
-from conftest import CHINESE, run_cli
+from conftest import CHINESE, one_line_error
 
 from steadylm.errors import ConfigError
 from steadylm.evaluate.perturb import (
@@ -224,22 +224,24 @@ def test_chat_item_perturbs_only_the_last_user_turn_and_plain_item_its_prompt():
     assert perturb_item(plain, "typo", rate=0.5, index=1) != perturb_item(plain, "typo", rate=0.5, index=2)
 
 
-def test_cli_list_file_and_stdin(tmp_path):
-    r = run_cli("perturb", "--list")
-    assert r.returncode == 0
-    listed = [line.split()[0] for line in r.stdout.splitlines()]
-    assert listed == NAMES and "0.1" in r.stdout.splitlines()[0]
+def test_cli_list_file_and_stdin(tmp_path, capsys):
+    from steadylm.cli import main
+
+    assert main(["perturb", "--list"]) == 0
+    out = capsys.readouterr().out
+    listed = [line.split()[0] for line in out.splitlines()]
+    assert listed == NAMES and "0.1" in out.splitlines()[0]
 
     f = tmp_path / "prompts.txt"
     f.write_text("Hello world, this is a test.\n\n你好，世界。\n", encoding="utf-8")
-    r = run_cli("perturb", "--kind", "upper,zh-punct", "--rate", "1", "--seed", "3", str(f))
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.split("\n") == ["HELLO WORLD, THIS IS A TEST.", "", "你好,世界.", ""]
-    r2 = run_cli("perturb", "--kind", "typo", "--seed", "3", str(f))
-    lines = r2.stdout.split("\n")
-    assert r2.returncode == 0 and lines[1] == "" and len(lines) == 4
+    assert main(["perturb", "--kind", "upper,zh-punct", "--rate", "1", "--seed", "3", str(f)]) == 0
+    assert capsys.readouterr().out.split("\n") == ["HELLO WORLD, THIS IS A TEST.", "", "你好,世界.", ""]
+    assert main(["perturb", "--kind", "typo", "--seed", "3", str(f)]) == 0
+    lines = capsys.readouterr().out.split("\n")
+    assert lines[1] == "" and len(lines) == 4
     assert lines[0] == perturb("Hello world, this is a test.", "typo", seed=3, index=0)
 
+    # stdin as a real process: bytes in, decoded as UTF-8 whatever the locale says
     import subprocess
     import sys
 
@@ -255,12 +257,9 @@ def test_cli_list_file_and_stdin(tmp_path):
     (["--kind", "typo", "--rate", "1.5", "FILE"], "--rate must be"),
     (["FILE"], "needs --kind"),
 ])
-def test_cli_errors_are_one_line_exit_2(tmp_path, args, needle):
+def test_cli_errors_are_one_line_exit_2(tmp_path, capsys, args, needle):
     good, bad = tmp_path / "ok.txt", tmp_path / "bad.txt"
     good.write_text("hello\n", encoding="utf-8")
     bad.write_bytes(b"caf\xe9\n")
     paths = {"FILE": str(good), "BAD": str(bad), "MISSING": str(tmp_path / "nope.txt")}
-    r = run_cli("perturb", *[paths.get(a, a) for a in args])
-    assert r.returncode == 2
-    assert needle in r.stderr and r.stderr.count("\n") == 1 and r.stderr.startswith("steadylm: error:")
-    assert r.stdout == ""
+    one_line_error(capsys, ["perturb", *[paths.get(a, a) for a in args]], needle, quiet=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import one_line_error, run_in_process
 from steadylm.evaluate.robustness import performance_drop_rate, worst_case
 
 KINDS = ("upper", "typo", "swap")
@@ -83,7 +83,7 @@ def _args(model, prompts, out) -> list[str]:
 @pytest.fixture(scope="module")
 def rob_run(nano_model_dir, prompt_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("rob") / "run"
-    r = run_cli(*_args(nano_model_dir, prompt_file, out))
+    r = run_in_process(*_args(nano_model_dir, prompt_file, out))
     assert r.returncode == 0, r.stderr
     res = json.loads((out / "results.json").read_text())
     lines = [json.loads(x) for x in (out / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -214,7 +214,7 @@ def test_ood_reports_perplexity_ratio(rob_run):
 
 def test_resume_serves_everything_from_cache(rob_run, nano_model_dir, prompt_file):
     out, _, first, _ = rob_run
-    r = run_cli(*_args(nano_model_dir, prompt_file, out), "--json")
+    r = run_in_process(*_args(nano_model_dir, prompt_file, out), "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["counts"]["from_cache"] == res["counts"]["generations"] == first["counts"]["generations"]
@@ -228,15 +228,14 @@ def test_resume_serves_everything_from_cache(rob_run, nano_model_dir, prompt_fil
     (["--budget", "3", "--queries", "2"], "--queries must be >= --budget"),
     ([], "empty"),
 ])
-def test_bad_input_one_line(extra, expect, tmp_path, prompt_file):
+def test_bad_input_one_line(extra, expect, tmp_path, prompt_file, capsys):
     prompts = prompt_file
     if not extra:
         prompts = tmp_path / "empty.jsonl"
         prompts.write_text("", encoding="utf-8")
-    r = run_cli("eval", "robustness", "--model", str(tmp_path / "no-model"), "--prompts", str(prompts),
-                "--out", str(tmp_path / "o"), *extra)
-    assert r.returncode == 2, r.stderr
-    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr and expect in r.stderr
+    one_line_error(capsys, ["eval", "robustness", "--model", str(tmp_path / "no-model"), "--prompts", str(prompts),
+                            "--out", str(tmp_path / "o"), *extra], expect)
+    assert not (tmp_path / "o").exists()
 
 
 def test_endpoint_says_perplexity_not_measured(nano_model_dir, tmp_path, capsys):

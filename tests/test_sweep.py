@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import one_line_error, run_in_process
 from steadylm.errors import ConfigError
 from steadylm.study.clip import clip_evidence, recommend_max_norm
 from steadylm.study.grid import parse_floats, parse_set
@@ -168,11 +168,8 @@ def test_recipes(tmp_path):
     (["--set", "optim.batch_size=8,-1"], "--set optim.batch_size=-1"),
     (["--set", "optim.bach_size=8"], "did you mean 'batch_size'"),
 ])
-def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
-    r = run_cli("sweep", *args, "--out", str(tmp_path / "s"), timeout=120)
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("steadylm: error: ") and message in lines[0], r.stderr
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
+    one_line_error(capsys, ["sweep", *args, "--out", str(tmp_path / "s")], message)
     assert not (tmp_path / "s").exists()  # nothing was started
 
 
@@ -196,7 +193,7 @@ def test_ray_executor_missing_is_a_config_error(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def lr_sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "lr"
-    r = run_cli(*SWEEP, "--out", str(out), timeout=300)
+    r = run_in_process(*SWEEP, "--out", str(out))
     assert r.returncode == 0, r.stderr
     return out, r
 
@@ -250,7 +247,7 @@ def test_resume_redoes_nothing_and_finishes_a_killed_cell(lr_sweep):
     out, _ = lr_sweep
     runs = sorted((out / "runs").iterdir())
     stamps = {p.name: p.joinpath("metrics.jsonl").stat().st_mtime_ns for p in runs}
-    r = run_cli(*SWEEP, "--out", str(out), timeout=300)
+    r = run_in_process(*SWEEP, "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert {p.name: p.joinpath("metrics.jsonl").stat().st_mtime_ns for p in runs} == stamps
 
@@ -264,7 +261,7 @@ def test_resume_redoes_nothing_and_finishes_a_killed_cell(lr_sweep):
     (wiped / "half-written").write_text("")
     before = json.loads((out / "sweep.json").read_text())
     serial = SWEEP[:SWEEP.index("--workers")] + ["--workers", "1", "--threads", "1"] + SWEEP[SWEEP.index("--workers") + 2:]
-    r = run_cli(*serial, "--out", str(out), timeout=300)  # other workers/threads: still the same cells
+    r = run_in_process(*serial, "--out", str(out))  # other workers/threads: still the same cells
     assert r.returncode == 0, r.stderr
     assert json.loads((killed / "summary.json").read_text())["resumed_from"] == 8
     assert json.loads((wiped / "summary.json").read_text())["resumed_from"] is None
@@ -279,7 +276,7 @@ def test_resume_redoes_nothing_and_finishes_a_killed_cell(lr_sweep):
 def test_changed_settings_in_the_same_folder_are_refused(lr_sweep):
     out, _ = lr_sweep
     args = [a if a != "8" else "9" for a in SWEEP]  # --steps 9
-    r = run_cli(*args, "--out", str(out), timeout=120)
+    r = run_in_process(*args, "--out", str(out))
     assert r.returncode == 2 and "trained with other settings" in r.stderr and "steps" in r.stderr, r.stderr
 
 
@@ -317,9 +314,8 @@ def test_set_factor_grid_and_seed_variance(tmp_path):
 
 def test_clip_sweep_recommends_by_the_rule_and_runs_the_confirmation(tmp_path):
     out = tmp_path / "clip"
-    r = run_cli("sweep", "clip", "--max-norms", "0.01,1,100", "--lr", "0.01", "--workers", "1", "--threads", "1", *TINY,
-                "--out", str(out),
-                timeout=300)
+    r = run_in_process("sweep", "clip", "--max-norms", "0.01,1,100", "--lr", "0.01", "--workers", "1", "--threads", "1", *TINY,
+                       "--out", str(out))
     assert r.returncode == 0, r.stderr
     res = json.loads((out / "clip_sweep.json").read_text())
     grid = res["grid"]
@@ -371,6 +367,7 @@ def test_decoding_sweep(nano_model_dir, tmp_path):
 # --------------------------------------------------------------------------- Ray
 
 
+@pytest.mark.slow
 def test_ray_executor_on_a_local_instance(tmp_path):
     pytest.importorskip("ray", reason="ray is not installed (pip install 'steadylm[ray]'); the Ray executor is "
                                       "tested only where it is")
