@@ -101,6 +101,9 @@ class OpenAIServer:
         self.slow_seconds = slow_seconds
         self.delay = 0.0
         self.required_key: str | None = None
+        # fields a request leaves out get these values, as llama.cpp's server does (top_k 40, ...)
+        self.missing_defaults: dict[str, Any] = {}
+        self.unknown_field_error: str | None = None  # refuse this field with 400, as api.openai.com does
         self.requests_seen = 0
         self.max_in_flight = 0
         self.in_flight = 0
@@ -160,6 +163,7 @@ class OpenAIServer:
             self._faults.clear()
             self.bodies.clear()
         self.delay, self.required_key = 0.0, None
+        self.missing_defaults, self.unknown_field_error = {}, None
 
     def fail_next(self, kind: str, n: int = 1, *, after: int = 0) -> None:
         """Answer the next ``n`` requests (after ``after`` normal ones) with fault ``kind``:
@@ -233,6 +237,9 @@ class OpenAIServer:
             return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
         if body.get("n", 1) != 1:
             return _error(400, "only n=1 is supported")
+        if self.unknown_field_error is not None and self.unknown_field_error in body:
+            return _error(400, f"Unrecognized request argument supplied: {self.unknown_field_error}")
+        body = {**self.missing_defaults, **body}
         try:
             max_tokens = int(body.get("max_tokens", 16))
             temperature = float(body.get("temperature", 1.0))

@@ -51,17 +51,17 @@ FLAGS = {
     "eval": "",
     "eval generation": "--api-key-env --batch-size --bootstrap --builtin-prompts --concurrency --determinism-prompts "
                        "--determinism-runs --dtype --json --max-new-tokens --max-retries --model --nli-model --no-determinism "
-                       "--no-environments --out --prompts --samples --seeds --temperature --threads --timeout --top-k --top-p "
+                       "--no-environments --out --prompts --samples --sampling-fields --seeds --temperature --threads --timeout --top-k --top-p "
                        "--truncate-left --trust-remote-code",
     "eval perplexity": "--add-special-tokens --batch-size --data --dtype --json --model --stride --threads --trust-remote-code --window",
     "eval robustness": "--adv-items --api-key-env --batch-size --bootstrap --budget --builtin-prompts --concurrency --dtype --json "
-                       "--kinds --max-new-tokens --max-retries --model --ood --out --prompts --queries --rate --samples --seed "
+                       "--kinds --max-new-tokens --max-retries --model --ood --out --prompts --queries --rate --samples --sampling-fields --seed "
                        "--temperature --threads --timeout --top-k --top-p --truncate-left --trust-remote-code",
     "human": "",
     "human export": "results --max-prompts --out --per-prompt --seed --title -o",
     "human import": "files --bootstrap --json --key --out -o",
     "human judge": "results --api-key-env --bootstrap --concurrency --judge --max-new-tokens --max-prompts --max-retries --out "
-                   "--per-prompt --timeout -o",
+                   "--per-prompt --sampling-fields --timeout -o",
     "perturb": "file --kind --list --rate --seed",
     "plot": "run_dir --out -o",
     "presets": "",
@@ -112,7 +112,7 @@ GROUPS = [
     ("backend", "--model --batch-size --dtype --threads --trust-remote-code --truncate-left",
      ["eval generation", "eval robustness", "sweep decoding"]),
     ("backend", "--model --batch-size --dtype --threads --trust-remote-code", ["eval perplexity"]),
-    ("endpoint", "--concurrency --api-key-env --timeout --max-retries", ["eval generation", "eval robustness", "human judge"]),
+    ("endpoint", "--concurrency --api-key-env --timeout --max-retries --sampling-fields", ["eval generation", "eval robustness", "human judge"]),
     ("prompts", "--prompts --builtin-prompts", ["eval generation", "eval robustness", "sweep decoding"]),
     ("decoding", "--temperature --top-p --top-k --max-new-tokens", ["eval generation", "eval robustness"]),
     ("decoding", "--top-k --max-new-tokens --seeds", ["sweep decoding", "eval generation"]),

@@ -75,7 +75,39 @@ def test_greedy_completion_equals_transformers_generate(srv, reference):
     assert any(g.text for g in gens)  # a random model still says something
     body = srv.bodies[0]
     assert body["temperature"] == 0 and body["max_tokens"] == 8 and body["n"] == 1 and body["seed"] == 0
-    assert "top_k" not in body and body["model"] == srv.model_name
+    assert body["model"] == srv.model_name
+    # every sampling field is sent, at its "off" value: no server default decides the sample
+    assert (body["top_k"], body["min_p"], body["repeat_penalty"], body["repetition_penalty"]) == (-1, 0.0, 1.0, 1.0)
+    assert body["presence_penalty"] == body["frequency_penalty"] == 0.0
+
+
+def test_server_defaults_never_apply(srv, nano_model_dir):
+    """A llama.cpp-style server fills fields a request leaves out with its own defaults (top_k 40,
+    min_p 0.05). Sent explicitly at their neutral values, the samples are the unrestricted ones
+    the local backend draws; left out (the old wire format), they were not."""
+    srv.missing_defaults = {"top_k": 3}  # a small k makes the server's default visible in 8 tokens
+    st = DecodingSettings(temperature=1.0, max_new_tokens=8)
+    rq = [Request(prompt_id=f"p{i}", sample=k, seed=1, settings=st, prompt="<|endoftext|>" + p)
+          for i, p in enumerate(PROMPTS[:3]) for k in range(3)]
+    local = [g.text for g in open_backend(str(nano_model_dir)).generate(rq)]
+    assert [g.text for g in backend(srv).generate(rq)] == local
+    assert backend(srv).signature()["fields_sent"]["top_k"] == -1
+    # the standard wire format leaves top_k out, so this server's default applies: different samples
+    assert [g.text for g in backend(srv, sampling_fields="standard").generate(rq)] != local
+
+
+def test_standard_sampling_fields_for_openai(srv):
+    """api.openai.com answers an unknown field with 400: the message names --sampling-fields, and
+    the standard wire format sends OpenAI's own fields only."""
+    srv.unknown_field_error = "min_p"
+    with pytest.raises(BackendError, match="--sampling-fields standard"):
+        backend(srv).generate(reqs(PROMPTS[:1]))
+    srv.bodies.clear()
+    assert backend(srv, sampling_fields="standard").generate(reqs(PROMPTS[:1]))[0].finish_reason
+    assert not {"top_k", "min_p", "repeat_penalty", "repetition_penalty"} & set(srv.bodies[0])
+    with pytest.raises(ConfigError, match="--top-k"):
+        backend(srv, sampling_fields="standard").generate(
+            [Request(prompt_id="p", sample=0, seed=0, settings=SAMPLED, prompt="The")])
 
 
 def test_chat_uses_chat_route_and_matches_the_rendered_prompt(srv):
@@ -264,6 +296,8 @@ def test_spec_identity_and_signature():
     be = OpenAIBackend.from_spec("openai:https://api.example.com/v1/#gpt-x", concurrency=3, max_retries=2)
     assert be.kind == "openai" and be.identity == "openai:https://api.example.com/v1#gpt-x"
     assert be.signature() == {"backend": "openai", "url": "https://api.example.com/v1", "model": "gpt-x",
-                              "concurrency": 3, "max_retries": 2}
+                              "concurrency": 3, "max_retries": 2, "sampling_fields": "extended",
+                              "fields_sent": {"presence_penalty": 0.0, "frequency_penalty": 0.0, "min_p": 0.0,
+                                              "repeat_penalty": 1.0, "repetition_penalty": 1.0, "top_k": -1}}
     with pytest.raises(ConfigError, match="--concurrency"):
         OpenAIBackend.from_spec("openai:http://h/v1#m", concurrency=0)

@@ -80,6 +80,10 @@ def add_endpoint_args(p: argparse.ArgumentParser, *, concurrency: int = 8) -> An
     g.add_argument("--timeout", type=timeout_arg, default=60.0,
                    help="seconds one request may take in all (connect, headers, body) before it is retried (default: 60)")
     g.add_argument("--max-retries", type=int, default=6, help="retries on 429/5xx/timeouts/garbage (default: 6)")
+    g.add_argument("--sampling-fields", choices=("extended", "standard"), default="extended",
+                   help="extended: also send top_k/min_p/repeat_penalty/repetition_penalty at neutral values, so "
+                        "llama.cpp/vLLM/SGLang defaults never apply; standard: OpenAI's own fields only "
+                        "(api.openai.com) (default: extended)")
     return g
 
 
@@ -135,7 +139,7 @@ def use_threads(threads: int | None) -> None:
 def endpoint_options(args: argparse.Namespace) -> dict[str, Any]:
     """The endpoint group's flags, as `open_backend` takes them."""
     return {"api_key_env": args.api_key_env, "concurrency": args.concurrency, "timeout": args.timeout,
-            "max_retries": args.max_retries}
+            "max_retries": args.max_retries, "sampling_fields": args.sampling_fields}
 
 
 def local_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -22,7 +22,16 @@ Wire format (one HTTP request per `Request`, ``n = 1``):
 
 Greedy is ``temperature = 0``. ``seed`` is `Request.stream_seed` for sampled requests (so a sample
 is reproducible on its own, as in the local backend) and the run seed for greedy ones.
-``top_k`` is sent only when set (> 0): it is a vLLM/SGLang extension that OpenAI itself rejects.
+Sampling fields are all sent, every time. A server applies its own defaults to a field a request
+leaves out - llama.cpp's are top_k 40, min_p 0.05 and (older builds) repeat_penalty 1.1 - so a
+request that says nothing about them samples from a distribution the run never chose, while its
+signature claims ``top_k:0``. With ``sampling_fields="extended"`` (the default) every request
+therefore carries ``top_k`` (the user's value, else -1: "off" for llama.cpp, vLLM and SGLang
+alike), ``min_p`` 0, ``repeat_penalty`` 1 (llama.cpp's name) and ``repetition_penalty`` 1
+(vLLM's and SGLang's), beside the standard ``presence_penalty`` and ``frequency_penalty`` 0.
+``sampling_fields="standard"`` sends only OpenAI's own fields, for api.openai.com, which answers
+an unknown field with 400 (that 400 names the way out); ``--top-k`` is then refused.
+`OpenAIBackend.signature` records the fields sent, so results say what the server was told.
 ``finish_reason`` and ``usage.completion_tokens`` are kept when the server sends them.
 
 Retry policy. Retried, with exponential backoff (``backoff * 2**k`` plus up to 25 % jitter so that
@@ -93,6 +102,10 @@ SPEC_FORM = "openai:http(s)://HOST[:PORT]/PATH#MODEL (e.g. openai:http://127.0.0
 # a refused connection: retried this many times, after these short delays (seconds), in case the
 # server is still starting; a server that is down should be reported at once, not after minutes
 REFUSED_RETRIES = 2
+SAMPLING_FIELDS = ("extended", "standard")
+# neutral ("off") values: the server's own defaults never decide how a sample is drawn
+STANDARD_NEUTRAL: dict[str, Any] = {"presence_penalty": 0.0, "frequency_penalty": 0.0}
+EXTENDED_NEUTRAL: dict[str, Any] = {"min_p": 0.0, "repeat_penalty": 1.0, "repetition_penalty": 1.0}
 REFUSED_DELAY = 0.1
 
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
@@ -290,7 +303,8 @@ class OpenAIBackend(Backend):
     capabilities = Capabilities(chat=True)
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
-                 timeout: float = 60.0, max_retries: int = 6, backoff: float = 0.5, max_backoff: float = 30.0):
+                 timeout: float = 60.0, max_retries: int = 6, backoff: float = 0.5, max_backoff: float = 30.0,
+                 sampling_fields: str = "extended"):
         parsed = urllib.parse.urlsplit(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ConfigError(f"bad endpoint {base_url!r}: expected {SPEC_FORM}")
@@ -308,6 +322,9 @@ class OpenAIBackend(Backend):
             raise ConfigError(f"--max-retries must be >= 0, got {max_retries}")
         if not backoff >= 0 or not max_backoff >= 0:
             raise ConfigError(f"backoff must be >= 0 seconds, got {backoff} (max {max_backoff})")
+        if sampling_fields not in SAMPLING_FIELDS:
+            raise ConfigError(f"--sampling-fields must be one of {', '.join(SAMPLING_FIELDS)}, got {sampling_fields!r}")
+        self.sampling_fields = sampling_fields
         self.base_url = base_url.rstrip("/")
         self.model = model.strip()
         self.api_key_env = api_key_env
@@ -343,7 +360,14 @@ class OpenAIBackend(Backend):
 
     def signature(self) -> dict[str, Any]:
         return {"backend": "openai", "url": self.base_url, "model": self.model,
-                "concurrency": self.concurrency, "max_retries": self.max_retries}
+                "concurrency": self.concurrency, "max_retries": self.max_retries,
+                "sampling_fields": self.sampling_fields, "fields_sent": self._neutral(top_k=0)}
+
+    def _neutral(self, top_k: int) -> dict[str, Any]:
+        """The sampling fields every request carries beside temperature/top_p/seed (module docstring)."""
+        if self.sampling_fields == "standard":
+            return dict(STANDARD_NEUTRAL)
+        return {**STANDARD_NEUTRAL, **EXTENDED_NEUTRAL, "top_k": top_k if top_k > 0 else -1}
 
     # ------------------------------------------------------------------ generation
     def generate(self, requests: Sequence[Request], on_result: OnResult | None = None,
@@ -351,6 +375,9 @@ class OpenAIBackend(Backend):
         results: list[Generation | None] = [None] * len(requests)
         if not requests:
             return []
+        if self.sampling_fields == "standard" and any(r.settings.top_k > 0 and not r.settings.greedy for r in requests):
+            raise ConfigError("--top-k is not an OpenAI field: it needs --sampling-fields extended "
+                              "(vLLM, SGLang, llama.cpp servers)")
         flight = _InFlight()
         abort = flight.abort
         failure: BaseException | None = None
@@ -406,9 +433,8 @@ class OpenAIBackend(Backend):
             "top_p": 1.0 if s.greedy else s.top_p,
             "n": 1,
             "seed": req.seed if s.greedy else req.stream_seed,
+            **self._neutral(0 if s.greedy else s.top_k),
         }
-        if s.top_k > 0 and not s.greedy:
-            body["top_k"] = s.top_k
         if req.messages is not None:
             body["messages"] = [{"role": r, "content": c} for r, c in req.messages]
             return "/chat/completions", body
@@ -532,7 +558,11 @@ class OpenAIBackend(Backend):
                                    f"is set but refused ({msg})")
             raise BackendError(f"{self.identity}: endpoint refused the request (HTTP {code}); "
                                f"set ${self.api_key_env} to its API key ({msg})")
-        raise BackendError(f"{self.identity}: HTTP {code}: {msg}")
+        hint = ""
+        if code == 400 and self.sampling_fields == "extended" and any(
+                f in msg for f in ("top_k", *EXTENDED_NEUTRAL)):
+            hint = " (this server refuses the extended sampling fields: pass --sampling-fields standard)"
+        raise BackendError(f"{self.identity}: HTTP {code}: {msg}{hint}")
 
     def _parse(self, req: Request, raw: bytes, chat: bool) -> Generation:
         try:
