@@ -17,10 +17,18 @@ evaluated or averaged like a finished model - and the rest of the training state
 Writing is atomic: everything goes to ``step-N.tmp/`` first, which is renamed to ``step-N/``
 only when complete. A kill at any moment leaves either the old set of checkpoints or the new
 one. Old checkpoints beyond ``keep`` are deleted after the new one is in place.
+
+Under FSDP no rank holds the whole model, so the weights, the optimizer state and the EMA weights
+are written as they lie, sharded, by every rank into ``step-N.tmp/sharded/`` with
+``torch.distributed.checkpoint`` (DCP; `write_shards`), as accelerate's ``save_state`` does for
+FSDP2; rank 0 then adds the rest (the model's ``config.json`` instead of its weights), hashes every
+file, ``sharded/`` included, and renames. DCP reshards on load, so such a checkpoint resumes on any
+number of ranks. The finished model is still a plain HF folder (the loop gathers it on rank 0).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -33,6 +41,8 @@ from ..fsutil import fsync_dir, write_json_atomic
 from ..io import read_json
 
 _STEP = re.compile(r"^step-(\d+)$")
+SHARDED = "sharded"
+"""the folder of a checkpoint that holds the ranks' DCP shards (FSDP)"""
 
 
 def _sha256(path: Path) -> str:
@@ -85,26 +95,91 @@ def _write_errors() -> tuple[type[BaseException], ...]:
     return (OSError, RuntimeError, SafetensorError)
 
 
-def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model, tokenizer, optimizer, state: dict[str, Any], keep: int,
-                    train_config: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``checkpoints/step-{step}`` atomically and prune to the newest ``keep``."""
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step}"
-    tmp = root / f"step-{step}.tmp"
+def tmp_folder(run_dir: str | os.PathLike, step: int) -> Path:
+    """Where checkpoint ``step`` is written before it is complete."""
+    return Path(run_dir) / "checkpoints" / f"step-{step}.tmp"
+
+
+def start_checkpoint(run_dir: str | os.PathLike, step: int) -> Path:
+    """An empty `tmp_folder` to write into (rank 0's, before the ranks write their shards)."""
+    tmp = tmp_folder(run_dir, step)
     if tmp.exists():
         shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+@contextlib.contextmanager
+def _writing(tmp: Path, *, cleanup: bool = True):
+    """Around writing into ``tmp``: a failed write removes it (with ``cleanup``; the older
+    checkpoints are untouched, nothing is pruned yet) and a full disk or a read-only folder becomes
+    one `SteadyError` line (not a CheckpointError, which means "unusable checkpoint")."""
     try:
-        _write_checkpoint(tmp, step, model=model, tokenizer=tokenizer, optimizer=optimizer, state=state,
-                          train_config=train_config, extra=extra)
+        yield
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)  # the older checkpoints are untouched: nothing is pruned yet
+        if cleanup:
+            shutil.rmtree(tmp, ignore_errors=True)
         if not isinstance(e, _write_errors()):
             raise
-        # a full disk or a read-only folder; not a CheckpointError, which means "unusable checkpoint"
         reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines() or [type(e).__name__])[0]
+        final = tmp.with_name(tmp.name.removesuffix(".tmp"))
         raise SteadyError(f"cannot write checkpoint {final}: {reason}; the earlier checkpoints are kept "
                           "(make room, then continue with --resume)") from None
+
+
+def write_shards(tmp: Path, model, optimizer, ema: list | None = None) -> None:
+    """This rank's shards of the model, the optimizer state and the EMA weights into ``tmp/sharded``
+    (DCP; a collective: every rank calls it with the same ``tmp``). An optimizer that has not stepped
+    yet is left out: DCP would initialise its state by stepping it with zero gradients, which
+    changes Adam's step count."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    with _writing(tmp, cleanup=not dist.is_initialized() or dist.get_rank() == 0):  # the folder is rank 0's
+        dcp.save(_shard_state(model, optimizer if optimizer.state else None, ema), checkpoint_id=tmp / SHARDED)
+
+
+def _shard_state(model, optimizer, ema) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    state: dict[str, Any] = {"model": get_model_state_dict(model)}
+    if optimizer is not None:
+        state["optim"] = get_optimizer_state_dict(model, optimizer)
+    if ema is not None:
+        state["ema"] = {str(i): t for i, t in enumerate(ema)}  # loaded in place
+    return state
+
+
+def read_shards(path: Path, model, optimizer, ema: list | None = None) -> None:
+    """Load what `write_shards` wrote into the model, optimizer and EMA weights (a collective;
+    any number of ranks, sharded or not: DCP reshards). A checkpoint without optimizer state
+    (written before the first step) leaves the optimizer fresh."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    has_optim = bool(read_json(path / "state.json").get("optimizer_state", True))
+    if not has_optim:
+        optimizer.state.clear()
+    state = _shard_state(model, optimizer if has_optim else None, ema)
+    dcp.load(state, checkpoint_id=path / SHARDED)
+    set_model_state_dict(model, state["model"])
+    if has_optim:
+        set_optimizer_state_dict(model, optimizer, state["optim"])
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model, tokenizer, optimizer, state: dict[str, Any], keep: int,
+                    train_config: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+                    sharded: bool = False) -> Path:
+    """Write ``checkpoints/step-{step}`` atomically and prune to the newest ``keep``.
+
+    ``sharded``: the ranks have already put the weights and optimizer state into the folder
+    `start_checkpoint` made (`write_shards`); this adds the rest, hashes and renames (rank 0)."""
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"step-{step}"
+    tmp = tmp_folder(run_dir, step) if sharded else start_checkpoint(run_dir, step)
+    with _writing(tmp):
+        _write_checkpoint(tmp, step, model=model, tokenizer=tokenizer, optimizer=optimizer, state=state,
+                          train_config=train_config, extra=extra, sharded=sharded)
     old = None
     if final.exists():  # a re-run of the same step after a resume: set the old one aside, then swap
         old = root / f"step-{step}.old.tmp"
@@ -122,17 +197,21 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model, tokenizer, 
 
 
 def _write_checkpoint(tmp: Path, step: int, *, model, tokenizer, optimizer, state: dict[str, Any],
-                      train_config: dict[str, Any] | None, extra: dict[str, Any] | None) -> None:
+                      train_config: dict[str, Any] | None, extra: dict[str, Any] | None, sharded: bool) -> None:
     """Every file of a checkpoint into ``tmp``, ``state.json`` (with the files' hashes) last."""
     import torch
 
     from ..models.presets import quiet_progress
 
-    with quiet_progress():
-        model.save_pretrained(tmp, safe_serialization=True)
+    if sharded:  # the weights and optimizer state are the ranks' shards; say what model they make
+        model.config.save_pretrained(tmp)
+        state = {**state, "optimizer_state": bool(optimizer.state)}
+    else:
+        with quiet_progress():
+            model.save_pretrained(tmp, safe_serialization=True)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     if extra:  # clipper statistics, EMA weights: tensors and numbers only
         torch.save(extra, tmp / "extra.pt")
     rng = {"torch": torch.get_rng_state()}
@@ -142,7 +221,8 @@ def _write_checkpoint(tmp: Path, step: int, *, model, tokenizer, optimizer, stat
     write_json_atomic(tmp / "rng_python.json", _host_rng_state())
     if train_config is not None:
         write_json_atomic(tmp / "train_config.json", train_config)
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
+    files = {p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(tmp.rglob("*")) if p.is_file()}
     write_json_atomic(tmp / "state.json", {**state, "step": step, "files": files})
 
 
@@ -155,7 +235,7 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: corrupt checkpoint (state.json is not an object)")
     files = state.get("files")
-    if not isinstance(files, dict) or "model.safetensors" not in files:
+    if not isinstance(files, dict) or not ({"model.safetensors", f"{SHARDED}/.metadata"} & files.keys()):
         raise CheckpointError(f"{path}: corrupt checkpoint (state.json lists no files)")
     for name, meta in files.items():
         f = path / name
@@ -168,12 +248,14 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
 
 def load_training_state(path: Path, optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
     """Restore optimizer and RNG state from a verified checkpoint; return its ``state.json``
-    and its ``extra.pt`` (empty when there is none)."""
+    and its ``extra.pt`` (empty when there is none). A sharded checkpoint's optimizer state is
+    `read_shards`'s."""
     import torch
 
     state = verify_checkpoint(path)
     try:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+        if not (path / SHARDED).is_dir():
+            optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
         rng = torch.load(path / "rng.pt", weights_only=True)
         extra = torch.load(path / "extra.pt", weights_only=True) if (path / "extra.pt").is_file() else {}
     except Exception as e:

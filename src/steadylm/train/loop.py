@@ -6,7 +6,8 @@ that core, never inside the arithmetic:
 
 * the data order is a function of ``(seed, sample number)``, so a resume needs only the step;
 * checkpoints hold weights, optimizer, RNG and data position (`checkpoint`), written atomically;
-* every step writes one JSON line (`monitor`), and a resume cuts the log back to the checkpoint.
+* every step writes one JSON line (`monitor`), and a resume cuts the log back to the checkpoint;
+* under a launcher the ranks split each batch (DDP, or FSDP2 with ``--fsdp``: `Ranks`).
 
 On CPU a run that is killed and resumed ends with weights bit-identical to one that never stopped
 (tested with ``kill -9``). On GPUs the same holds only as far as the kernels are deterministic.
@@ -55,22 +56,72 @@ class Ranks:
     whose backward all-reduces the gradients bucket by bucket while the backward pass runs; every
     rank then holds the global gradient and the `Stabilizer` gives the numbers of one process.
     Every rank runs the same arithmetic on rows ``rank::world`` of the same global batch, so the
-    data order stays a function of (seed, sample) and a resume needs only the step."""
+    data order stays a function of (seed, sample) and a resume needs only the step.
 
-    def __init__(self, cpu: bool) -> None:
+    FSDP (``--fsdp``, or accelerate's own ``ACCELERATE_USE_FSDP=true`` from ``accelerate launch
+    --use_fsdp`` or its config file): FSDP2 through accelerate's ``FullyShardedDataParallelPlugin``,
+    one unit per transformer block; see `prepare`."""
+
+    def __init__(self, cpu: bool, fsdp: bool = False) -> None:
         self.rank, self.world, self.local_rank = launch_ranks()
         self.active = self.world > 1
+        self.fsdp = fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        if self.fsdp and not self.active:
+            what = "--fsdp" if fsdp else "ACCELERATE_USE_FSDP=true (accelerate launch --use_fsdp)"
+            raise ConfigError(f"{what}: FSDP shards the model over several processes and this is one; start it with "
+                              f"accelerate launch --num_processes N or torchrun --nproc_per_node N, or drop {what}")
         mp = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
         if mp not in ("no", ""):
             raise ConfigError(f"accelerate launch --mixed_precision {mp}: steadylm sets the precision with --precision; "
                               "launch with --mixed_precision no")
         from accelerate import Accelerator
 
+        self.fsdp_plugin = None
+        if self.fsdp:
+            from accelerate.utils import FullyShardedDataParallelPlugin
+
+            # FSDP2 whatever FSDP_VERSION the launcher left (its default is 1); a wrap policy from accelerate's
+            # config wins, else one unit per transformer block; the other settings come from accelerate's environment
+            policy = None if os.environ.get("FSDP_AUTO_WRAP_POLICY") else "transformer_based_wrap"
+            self.fsdp_plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy=policy)
         try:  # starts the process group under a launcher; mixed precision is the Stabilizer's
-            self.accelerator = Accelerator(cpu=cpu, mixed_precision="no")
+            self.accelerator = Accelerator(cpu=cpu, mixed_precision="no", fsdp_plugin=self.fsdp_plugin)
         except ValueError as e:  # accelerate's state was set up otherwise earlier in this process
             raise ConfigError(f"accelerate: {str(e).splitlines()[0]}") from None
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+
+    def prepare(self, model, *, compile: bool):
+        """The module that runs the forward pass: ``model`` compiled (opt-in), then wrapped in DDP by
+        accelerate under a launcher; under FSDP ``model`` itself, sharded in place, then compiled.
+
+        On GPUs FSDP is accelerate's own path (``Accelerator.prepare``, `fsdp2_prepare_model`).
+        accelerate switches to ``DistributedType.FSDP`` only for GPU-type distributed runs: on CPU
+        (gloo) it stays ``MULTI_CPU`` and would wrap the model in DDP. There we apply torch's
+        ``fully_shard`` ourselves with the same plugin: accelerate's wrap policy
+        (``fsdp2_prepare_auto_wrap_policy``: the model's ``_no_split_modules``, i.e. its transformer
+        blocks), its ``reshard_after_forward`` and offload policy, then the root; no mixed-precision
+        policy (the Stabilizer's autocast sets precision). Setting accelerate's distributed type to
+        FSDP by hand instead would change what its other calls do, which branch on it. What
+        accelerate adds on GPUs - the embedding and the output head in units of their own -
+        changes when parameters are gathered, not the arithmetic."""
+        import torch
+
+        if not self.fsdp:
+            return self.accelerator.prepare_model(torch.compile(model) if compile else model, device_placement=False)
+        if self.accelerator.is_fsdp2:
+            model = self.accelerator.prepare(model)
+        else:
+            from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+            from torch.distributed.fsdp import fully_shard
+
+            plugin = self.fsdp_plugin
+            plugin.set_auto_wrap_policy(model)
+            wrap = fsdp2_prepare_auto_wrap_policy(plugin, model)
+            kwargs = {"reshard_after_forward": plugin.reshard_after_forward, "offload_policy": plugin.cpu_offload}
+            for block in [m for m in model.modules() if m is not model and wrap is not None and wrap(m)]:
+                fully_shard(block, **kwargs)
+            fully_shard(model, offload_policy=plugin.cpu_offload)
+        return torch.compile(model) if compile else model
 
     @property
     def main(self) -> bool:
@@ -191,7 +242,7 @@ class TrainingRun:
         self.lock = FolderLock(self.out, self.flag)  # rank 0's, held from setup to the end of the run
         self.start_step = 0
         self.elapsed_before = 0.0
-        self.dp = Ranks(cpu=_wants_cpu(cfg.device))
+        self.dp = Ranks(cpu=_wants_cpu(cfg.device), fsdp=cfg.fsdp)
         if not self.dp.main:
             os.environ["STEADYLM_PROGRESS"] = "0"  # one progress bar, rank 0's
 
@@ -292,7 +343,9 @@ class TrainingRun:
                 model.activation_checkpointing_enable({"use_reentrant": False})
             else:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.model = model  # the plain module: checkpoints and the final folder are written from it
+        self.model = model  # the module without DDP or compile wrappers (sharded in place under FSDP)
+        # what runs the forward pass; before the optimizer is made, since FSDP replaces the parameters
+        self.forward_model = self.dp.prepare(model, compile=cfg.compile)
         groups = param_groups(model, cfg.optim.weight_decay, decay_embeddings=cfg.optim.decay_embeddings)
         self.decayed = groups[0]["params"]
         self.group_names = [g.pop("names") for g in groups]
@@ -303,9 +356,6 @@ class TrainingRun:
         self.clipper = self.build_clipper(cfg.clip, model)
         g = cfg.guard
         self.guard = SpikeGuard(g.action, sigma=g.sigma, window=g.window, min_samples=g.min_samples, max_consecutive=g.max_consecutive)
-        # what runs the forward pass: compiled (opt-in), then wrapped by accelerate (DDP under a launcher)
-        forward = torch.compile(model) if cfg.compile else model
-        self.forward_model = self.dp.accelerator.prepare_model(forward, device_placement=False)
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
         self.hooks = _RunHooks(["decay", "no_decay"])  # param_groups order
         self.stabilizer = Stabilizer(
@@ -354,7 +404,7 @@ class TrainingRun:
                 write_json_atomic(self.out / "run.json", {
                     "steadylm": __version__, "torch": torch.__version__, "data_fingerprint": self.data_fingerprint,
                     "parameters": self.n_params, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "world_size": self.dp.world,
+                    "world_size": self.dp.world, "fsdp": self.dp.fsdp,
                 })
             self.dp.barrier()
             torch.manual_seed(self.cfg.seed + self.dp.rank)  # dropout RNG (each rank its own masks)
@@ -398,17 +448,23 @@ class TrainingRun:
         import torch
         from safetensors.torch import load_model as load_weights
 
-        from .checkpoint import load_training_state, verify_checkpoint
+        from .checkpoint import SHARDED, load_training_state, read_shards, verify_checkpoint
 
         verify_checkpoint(path)
-        try:
-            load_weights(self.model, str(path / "model.safetensors"))
-        except Exception as e:
-            raise CheckpointError(f"{path}: corrupt checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        stab = self.stabilizer
+        if (path / SHARDED).is_dir():  # every rank reads its shards (resharded for this world size)
+            read_shards(path, self.model, self.optimizer, stab.ema_params)
+        elif self.dp.fsdp:
+            raise CheckpointError(f"{path}: written without FSDP (one model.safetensors); continue it without FSDP "
+                                  "(no --fsdp, no accelerate launch --use_fsdp)")
+        else:
+            try:
+                load_weights(self.model, str(path / "model.safetensors"))
+            except Exception as e:
+                raise CheckpointError(f"{path}: corrupt checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         state, extra = load_training_state(path, self.optimizer)
         if "clipper" in extra and hasattr(self.clipper, "load_state_dict"):
             self.clipper.load_state_dict(extra["clipper"])
-        stab = self.stabilizer
         if stab.ema_params is not None and "ema" in extra:
             torch._foreach_copy_(stab.ema_params, extra["ema"])
         if stab.scaler is not None and "scaler" in extra:
@@ -428,10 +484,17 @@ class TrainingRun:
         if hasattr(self.clipper, "state_dict"):
             extra["clipper"] = self.clipper.state_dict()
         stab = self.stabilizer
-        if stab.ema_params is not None:
+        if stab.ema_params is not None and not self.dp.fsdp:  # under FSDP the EMA weights are shards
             extra["ema"] = [e.clone() for e in stab.ema_params]
         if stab.scaler is not None:
             extra["scaler"] = stab.scaler.state_dict()
+        if self.dp.fsdp:  # every rank writes its shards into rank 0's folder; rank 0 completes it below
+            from .checkpoint import start_checkpoint, tmp_folder, write_shards
+
+            if self.dp.main:
+                start_checkpoint(self.out, step)
+            self.dp.barrier()
+            write_shards(tmp_folder(self.out, step), self.model, self.optimizer, stab.ema_params)
         if not self.dp.main:
             self.dp.barrier()  # wait until rank 0 has written it
             return
@@ -442,7 +505,7 @@ class TrainingRun:
         from .checkpoint import save_checkpoint
 
         save_checkpoint(self.out, step, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer, keep=self.cfg.checkpoint.keep,
-                        train_config=self.cfg.to_dict(), extra=extra,
+                        train_config=self.cfg.to_dict(), extra=extra, sharded=self.dp.fsdp,
                         state={"samples": samples, "data_position": {"epoch": epoch, "index": index},
                                "data_offset": self.data_offset,
                                "scheduler": {"kind": "warmup_cosine", "step": step, "warmup_steps": self.cfg.warmup_steps,
@@ -541,11 +604,12 @@ class TrainingRun:
             logger.close()
             if self.probe is not None:
                 self.probe.close()
-        if not self.dp.main:
-            self.dp.close()  # rank 0 writes the model and evaluates it
-            return {"rank": self.dp.rank, "world_size": self.dp.world, "final_loss": last_loss}
+        seconds = time.perf_counter() - t_start  # training time only
         try:
-            return self.finish(last_loss, time.perf_counter() - t_start)  # training time only
+            model = self._save_models()
+            if not self.dp.main:  # rank 0 evaluates the model
+                return {"rank": self.dp.rank, "world_size": self.dp.world, "final_loss": last_loss}
+            return self.finish(model, last_loss, seconds)
         finally:
             self.dp.close()
 
@@ -651,19 +715,56 @@ class TrainingRun:
                         "batches": list(range(first_sample, first_sample + A * B))})
 
     # ------------------------------------------------------------------ finish
-    def finish(self, last_loss: float, seconds: float) -> dict[str, Any]:
+    def _save_models(self):
+        """Write ``model/`` (and ``model-ema/``) as plain HF folders from rank 0 and return the model
+        rank 0 evaluates. Every rank calls it: under FSDP the shards are gathered on rank 0."""
+        import torch
+
+        from ..models.presets import save_model
+
+        if self.stabilizer.ema_params is not None:  # the EMA weights in the model's place, for a moment
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            raw = [p.detach().clone() for p in params]
+            with torch.no_grad():  # one copy_ per tensor: DTensor has no _foreach_copy_
+                for p, e in zip(params, self.stabilizer.ema_params):
+                    p.copy_(e)
+                ema = self._whole_model()
+                if self.dp.main:
+                    save_model(ema, self.tokenizer, self.out / "model-ema")
+                for p, r in zip(params, raw):
+                    p.copy_(r)
+        model = self._whole_model()
+        if self.dp.main:
+            save_model(model, self.tokenizer, self.out / "model")
+        return model
+
+    def _whole_model(self):
+        """The model with all its weights on rank 0: itself, or under FSDP an unsharded copy of
+        the gathered full state dict (None on the other ranks; a collective, every rank calls it)."""
+        if not self.dp.fsdp:
+            return self.model
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from transformers import AutoModelForCausalLM
+
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.dp.main:
+            return None
+        whole = AutoModelForCausalLM.from_config(self.model.config, trust_remote_code=self.cfg.model.trust_remote_code)
+        whole.load_state_dict(full)
+        return whole.to(self.device)
+
+    def finish(self, model, last_loss: float, seconds: float) -> dict[str, Any]:
+        """Rank 0's end of a run: validation perplexity of ``model`` (written to ``model/``) and ``summary.json``."""
         from ..data.tokenizer import tokenizer_signature
         from ..evaluate.perplexity import compute_perplexity
-        from ..models.presets import model_hash, save_model
+        from ..models.presets import model_hash
         from .monitor import read_metrics
 
         cfg = self.cfg
-        model_dir = save_model(self.model, self.tokenizer, self.out / "model")
-        val = compute_perplexity(self.model, self.tokenizer, self.val_docs, window=cfg.data.context,
+        model_dir = self.out / "model"
+        val = compute_perplexity(model, self.tokenizer, self.val_docs, window=cfg.data.context,
                                  batch_size=cfg.eval_batch_size, progress=True,
                                  settings={"model": model_hash(model_dir), "tok": tokenizer_signature(self.tokenizer), "dtype": "float32"})
-        if self.stabilizer.ema_params is not None:
-            self._save_ema()
         metrics = read_metrics(self.out)
         if math.isnan(last_loss) and metrics:
             last_loss = metrics[-1]["loss"]
@@ -710,19 +811,6 @@ class TrainingRun:
             "rollbacks": sum(e["event"] == "rollback" for e in events),
             "injected": injected,
         }
-
-    def _save_ema(self) -> None:
-        """The EMA weights as a model folder of their own, beside ``model/``."""
-        import torch
-
-        from ..models.presets import save_model
-
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        raw = [p.detach().clone() for p in params]
-        with torch.no_grad():
-            torch._foreach_copy_(params, self.stabilizer.ema_params)
-            save_model(self.model, self.tokenizer, self.out / "model-ema")
-            torch._foreach_copy_(params, raw)
 
 
 def train(cfg: TrainConfig, *, overwrite: bool = False) -> dict[str, Any]:
