@@ -246,7 +246,8 @@ def test_endpoint_says_perplexity_not_measured(nano_model_dir, tmp_path, capsys)
     from openai_server import OpenAIServer
     from steadylm.evaluate.backends import DecodingSettings, open_backend
     from steadylm.evaluate.prompts import PromptItem
-    from steadylm.evaluate.robustness import RobustnessConfig, RobustnessEval, print_robustness_summary
+    from steadylm.evaluate.robustness import RobustnessConfig, RobustnessEval
+    from steadylm.report.tables import print_robustness_summary
 
     items = [PromptItem("a", prompt="The module is", references=("a file",)), PromptItem("b", prompt="A loop runs")]
     ood = [PromptItem("c", prompt="def f(x):\n    return x", references=("pass",))]

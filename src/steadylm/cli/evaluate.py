@@ -31,7 +31,7 @@ def _add_perplexity(evsub: Any) -> None:
                      help="encode documents with the tokenizer's special tokens, as lm-eval-harness >= 0.4.10 does "
                           "(differs only for tokenizers that add BOS/EOS themselves)")
     g = backend_group(ppl)
-    g.add_argument("--model", required=True, help="a local Hugging Face causal-LM folder")
+    g.add_argument("--model", required=True, help="a local Hugging Face causal-LM folder or .gguf file")
     g.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: 8)")
     add_local_args(g)
     add_output_args(ppl, None, json="print one JSON object on stdout")
@@ -145,7 +145,7 @@ def _print_results(results: dict[str, Any], args: argparse.Namespace, print_tabl
 def cmd_generation(args: argparse.Namespace) -> int:
     from ..evaluate.generation import GenerationEval, GenerationEvalConfig
     from ..evaluate.prompts import load_prompts
-    from ..evaluate.summary import print_generation_summary
+    from ..report.tables import print_generation_summary
 
     rank, world, _ = launch_ranks()  # before the model loads: a bad RANK is one line, at once
     cfg = GenerationEvalConfig(
@@ -167,7 +167,8 @@ def cmd_generation(args: argparse.Namespace) -> int:
 
 def cmd_robustness(args: argparse.Namespace) -> int:
     from ..evaluate.prompts import load_prompts
-    from ..evaluate.robustness import DEFAULT_KINDS, RobustnessConfig, RobustnessEval, print_robustness_summary
+    from ..evaluate.robustness import DEFAULT_KINDS, RobustnessConfig, RobustnessEval
+    from ..report.tables import print_robustness_summary
 
     cfg = RobustnessConfig(
         prompts=args.prompts, kinds=tuple(args.kinds.split(",")) if args.kinds is not None else DEFAULT_KINDS,
@@ -184,7 +185,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from ..evaluate.compare import compare_runs
-    from ..evaluate.summary import print_comparison
+    from ..report.tables import print_comparison
 
     res = compare_runs(args.run_a, args.run_b)
     if args.json:

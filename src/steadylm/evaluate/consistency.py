@@ -27,13 +27,14 @@ import string
 import unicodedata
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import ConfigError, ModelError, SteadyError
 from .degeneration import units
 from .reference import is_chinese, sacrebleu_metrics
+from .result import Result, mean, summarize_fields
 
 # ----------------------------------------------------------------------------- pairwise surface
 
@@ -155,6 +156,28 @@ def relevance(prompts: Any, responses: Any, embedder: Embedder | None = None) ->
     return np.atleast_1d(cosine(np.atleast_2d(prompts), np.atleast_2d(responses)))
 
 
+class SelfSimilarity:
+    """Self-BLEU, self-chrF and semantic similarity of one item's groups of outputs (the mean over
+    its groups of each group's pairwise value), summarized over items."""
+
+    STATS = ("self_bleu", "self_chrf", "semantic")
+
+    def __init__(self, embedder: Embedder, *, n_resamples: int):
+        self.embedder, self.n_resamples = embedder, n_resamples
+
+    def _semantic(self, samples: list[str]) -> float | None:
+        return pairwise_semantic(self.embedder.encode(samples)) if len(samples) >= 2 else None
+
+    def item(self, groups: Sequence[Sequence[str]]) -> dict[str, float | None]:
+        """One item's three values, each the mean over its groups with a value (None if none has)."""
+        vals = {"self_bleu": [pairwise_bleu(g) for g in groups], "self_chrf": [pairwise_chrf(g) for g in groups],
+                "semantic": [self._semantic(list(g)) for g in groups]}
+        return {k: mean(v) for k, v in vals.items()}
+
+    def score(self, records: Mapping[str, Mapping[str, Any]]) -> dict[str, Result]:
+        return summarize_fields(records, self.STATS, n_resamples=self.n_resamples)
+
+
 # ----------------------------------------------------------------------------- short answers
 
 _ASCII_PUNCT = set(string.punctuation)
@@ -241,3 +264,17 @@ def answer_stats(outputs: Sequence[str], gold: str | Sequence[str] | None = None
             accuracy = hits / k
     return {"agreement": agreement, "majority_share": majority_share, "majority_answer": majority_answer,
             "accuracy": accuracy, "n": k}
+
+
+class AnswerAgreement:
+    """`answer_stats` per item (agreement, majority share, accuracy of short answers), summarized over items."""
+
+    STATS = ("agreement", "majority_share", "accuracy")
+
+    def __init__(self, *, n_resamples: int):
+        self.n_resamples = n_resamples
+
+    item = staticmethod(answer_stats)
+
+    def score(self, records: Mapping[str, Mapping[str, Any]]) -> dict[str, Result]:
+        return summarize_fields(records, self.STATS, n_resamples=self.n_resamples)

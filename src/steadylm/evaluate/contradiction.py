@@ -31,10 +31,11 @@ Where we differ, and why:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..errors import ModelError
 from .consistency import split_sentences
+from .result import Result, summarize_items
 
 
 def _find_label(id2label: dict[Any, str], word: str, *, exclude: tuple[str, ...] = ()) -> int | None:
@@ -137,3 +138,21 @@ class NLIScorer:
         sentences) of ``sample_scores``; None with fewer than two samples or no sentences."""
         vals = [v for v in self.sample_scores(samples) if v is not None]
         return sum(vals) / len(vals) if vals else None
+
+
+class SelfContradiction:
+    """SelfCheckGPT-NLI over each item's samples (`NLIScorer.contradiction_scores`), summarized over items."""
+
+    METHOD = "SelfCheckGPT-NLI: P(contradiction) over [entailment, contradiction]"
+
+    def __init__(self, scorer: NLIScorer, *, n_resamples: int, name: str | None = None):
+        self.scorer, self.n_resamples = scorer, n_resamples
+        self.name = str(scorer.path) if name is None else name
+        """the NLI model as the user named it, for the signature"""
+
+    def item(self, samples: Sequence[str]) -> float | None:
+        return self.scorer.contradiction_scores(samples)
+
+    def score(self, per_item: Mapping[str, float | None]) -> Result:
+        return summarize_items(per_item, n_resamples=self.n_resamples,
+                               signature={"method": self.METHOD, "nli_model": self.name})

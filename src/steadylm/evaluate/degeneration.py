@@ -36,9 +36,10 @@ Where we differ, and why:
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..errors import ConfigError
+from .result import Result
 
 # CJK characters that are one unit each: CJK radicals .. Kangxi, CJK symbols and punctuation,
 # Hiragana, Katakana, Bopomofo, CJK strokes, Katakana extensions, CJK Extension A, CJK Unified
@@ -158,6 +159,20 @@ def degeneration_stats(outputs: Sequence[str], *, max_period: int = 16, min_repe
     res["n"] = len(seqs)
     res["units"] = UNITS_NOTE
     return res
+
+
+class Degeneration:
+    """`degeneration_stats` over every output (corpus-level, no CI), with each item's share of
+    outputs caught in a loop as its per-item value."""
+
+    def score(self, outputs: Mapping[str, Sequence[str]]) -> Result:
+        """``outputs``: item id -> that item's outputs."""
+        per_item = {}
+        for i, texts in outputs.items():
+            loops = [in_loop(units(t)) for t in texts]
+            per_item[i] = sum(loops) / len(loops) if loops else None
+        stats = degeneration_stats([t for texts in outputs.values() for t in texts])
+        return Result(stats, None, per_item, {"units": UNITS_NOTE})
 
 
 def _as_sequences(x: Any) -> list[list[Any]]:

@@ -30,18 +30,18 @@ requests; running the same command again resumes from it).
 from __future__ import annotations
 
 import hashlib
-import json
-import platform
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from .. import __version__
 from ..errors import ConfigError, SteadyError
-from ..fsutil import OutDir, to_json, write_json_atomic, write_text_atomic
-from .backends.base import Backend, DecodingSettings, Generation, GenerationCache, Request, generate_cached
+from ..fsutil import to_json, write_text_atomic
+from .backends.base import Backend, DecodingSettings, Generation, Request
 from .prompts import PromptItem
+from .result import NotMeasured, as_json
+from .run import EvalRun, prompts_sha
 
 
 @dataclass
@@ -114,7 +114,7 @@ def _text_agreement(pairs: list[tuple[str, str]]) -> dict[str, Any]:
             "position_unit": "whitespace word / CJK character"}
 
 
-class GenerationEval:
+class GenerationEval(EvalRun):
     """One evaluation: set up, generate (with the cache), measure, write."""
 
     def __init__(self, backend: Backend, items: list[PromptItem], cfg: GenerationEvalConfig, out: str | Path,
@@ -122,46 +122,24 @@ class GenerationEval:
                  shard_timeout: float = 24 * 3600.0):
         if not items:
             raise SteadyError("no prompts to evaluate")
-        self.backend, self.items, self.cfg = backend, items, cfg
+        self.items, self.cfg = items, cfg
         self.progress = progress
         self.prompts_label = prompts_label or cfg.prompts
         self.rank, self.world = rank, world_size
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank {rank} is outside a world of {world_size} processes")
         self.shard_timeout = shard_timeout
-        self._embedder = None
         self._nli = None
         if cfg.nli_model is not None:  # fail before generating anything, and before --out is created
             from .contradiction import NLIScorer
 
             self._nli = NLIScorer(cfg.nli_model)
-        self._dir = OutDir(out, lock=rank == 0)  # data-parallel: rank 0 holds the folder for all ranks
-        self.out = self._dir.path
-        try:
-            # rank 0 keeps the run's cache.jsonl; other ranks write their own file (no two writers)
-            self.cache = GenerationCache(self.out / ("cache.jsonl" if rank == 0 else f"cache.rank-{rank}.jsonl"))
-        except BaseException:
-            self._dir.close()
-            raise
+        # data-parallel: rank 0 holds the folder for all ranks and keeps the run's cache.jsonl; other
+        # ranks write their own file (no two writers)
+        super().__init__(backend, out, bootstrap=cfg.bootstrap, lock=rank == 0,
+                         cache_name="cache.jsonl" if rank == 0 else f"cache.rank-{rank}.jsonl")
 
     # ------------------------------------------------------------------ generation
-    def _run(self, requests: list[Request], label: str) -> list[Generation]:
-        from ..progress import make_progress
-
-        n_cached = len(self.cache)
-        try:
-            with make_progress(transient=True) as bar:
-                task = bar.add_task(label, total=len(requests), info="")
-                return generate_cached(self.backend, requests, self.cache,
-                                       progress=lambda n: bar.advance(task, n))
-        except SteadyError as e:
-            kept = len(self.cache)
-            if not kept:
-                raise  # nothing finished: no cache to point at (a failed start removes --out)
-            raise SteadyError(f"{e} ({kept} finished generations are kept in {self.out / 'cache.jsonl'}"
-                              f"{'' if kept == n_cached else f', {kept - n_cached} of them new'}; "
-                              f"run the same command again to resume)") from None
-
     def main_requests(self) -> list[Request]:
         reqs = []
         for it in self.items:
@@ -195,7 +173,7 @@ class GenerationEval:
         is seeded on its own. No collective communication: it works under ``accelerate launch``
         or ``torchrun`` (which set RANK and WORLD_SIZE) on one machine or a shared file system."""
         shard = requests[self.rank::self.world]
-        self._run(shard, f"generating (rank {self.rank}/{self.world})")
+        self.generate(shard, f"generating (rank {self.rank}/{self.world})")
         marker = self.out / f"shard-{self.rank}-of-{self.world}.done"
         write_text_atomic(marker, self._shard_token(requests, self.rank) + "\n")
         if self.rank != 0:
@@ -213,14 +191,6 @@ class GenerationEval:
             self.cache.absorb(self.out / f"cache.rank-{r}.jsonl")
 
     # ------------------------------------------------------------------ metrics
-    @property
-    def embedder(self):
-        if self._embedder is None:
-            from .consistency import Embedder
-
-            self._embedder = Embedder()
-        return self._embedder
-
     def run(self) -> dict[str, Any]:
         t0 = time.time()
         cfg = self.cfg
@@ -231,7 +201,7 @@ class GenerationEval:
             self._run_shard(everything)
             if self.rank != 0:
                 return {"rank": self.rank, "world_size": self.world, "generated": len(everything[self.rank::self.world])}
-        gens = self._run(everything, "generating")
+        gens = self.generate(everything, "generating")
         turn_gens = gens[len(main):]
         gens = gens[:len(main)]
         by_prompt: dict[str, dict[int, list[str]]] = {}
@@ -240,121 +210,90 @@ class GenerationEval:
         self._write_generations(gens, turn_gens)
 
         results: dict[str, Any] = {"signature": self.signature()}
-        per_prompt = [{"prompt_id": it.id} for it in self.items]
-        results["consistency"] = self._consistency(by_prompt, per_prompt)
-        results["contradiction"] = self._contradiction(by_prompt, per_prompt)
-        results["degeneration"] = self._degeneration(gens, per_prompt)
-        results["relevance"] = self._relevance(by_prompt, per_prompt, turns, turn_gens)
-        results["reference"] = self._reference(by_prompt, per_prompt)
+        per_item: dict[str, Mapping[str, Any]] = {}  # per-prompt field -> item id -> value, in results.json's order
+        results["consistency"] = self._consistency(by_prompt, per_item)
+        results["contradiction"] = self._contradiction(by_prompt, per_item)
+        results["degeneration"] = self._degeneration(by_prompt, per_item)
+        results["relevance"] = self._relevance(by_prompt, per_item, turns, turn_gens)
+        results["reference"] = self._reference(by_prompt, per_item)
         if cfg.determinism:
             results["determinism"] = self._determinism(gens)
         else:
-            results["determinism"] = {"measured": False, "reason": "turned off (--no-determinism)"}
-        results["per_prompt"] = per_prompt
+            results["determinism"] = NotMeasured("turned off (--no-determinism)").to_json()
+        results["per_prompt"] = [{"prompt_id": it.id, **{k: v[it.id] for k, v in per_item.items() if it.id in v}}
+                                 for it in self.items]
         results["counts"] = {"prompts": len(self.items), "generations": len(gens) + len(turn_gens),
                              "from_cache": sum(g.cached for g in gens + turn_gens)}
         results["elapsed_s"] = round(time.time() - t0, 2)
-        write_json_atomic(self.out / "results.json", results)
+        self.write_results(results)
         return results
 
-    def _summ(self, values: list[Any]) -> dict[str, Any]:
-        from ..stats import summarize
+    def _outputs(self, by_prompt, item: PromptItem) -> list[str]:
+        """Every output of one item: seed by seed, sample by sample."""
+        return [t for s in self.cfg.seeds for t in by_prompt[item.id][s]]
 
-        return summarize([v for v in values if v is not None], n_resamples=self.cfg.bootstrap)
-
-    def _consistency(self, by_prompt, per_prompt) -> dict[str, Any]:
-        from .consistency import answer_stats, pairwise_bleu, pairwise_chrf
+    def _consistency(self, by_prompt, per_item) -> dict[str, Any]:
+        from .consistency import AnswerAgreement, SelfSimilarity
 
         cfg = self.cfg
         res: dict[str, Any] = {}
         K, S = cfg.samples, len(cfg.seeds)
-        embed_needed = K >= 2 or S >= 2
-
-        def pair_metrics(groups: list[list[str]]) -> dict[str, float | None]:
-            bleu = [pairwise_bleu(g) for g in groups]
-            chrf = [pairwise_chrf(g) for g in groups]
-            sem = [self._pairwise_semantic(g) for g in groups]
-            mean = lambda xs: (sum(xs) / len(xs)) if xs else None  # noqa: E731
-            return {"self_bleu": mean([x for x in bleu if x is not None]),
-                    "self_chrf": mean([x for x in chrf if x is not None]),
-                    "semantic": mean([x for x in sem if x is not None])}
-
-        if not embed_needed:
-            note = "consistency needs --samples >= 2 or two or more --seeds; K = 1 gives reference metrics only"
-            res["across_samples"] = {"measured": False, "reason": note}
-            res["across_seeds"] = {"measured": False, "reason": note}
-        for scope, ok, reason in (("across_samples", K >= 2, "needs --samples >= 2"),
-                                  ("across_seeds", S >= 2, "needs two or more --seeds")):
-            if not embed_needed:
-                break
-            if not ok:
-                res[scope] = {"measured": False, "reason": reason}
-                continue
-            rows = []
-            for it, pp in zip(self.items, per_prompt):
-                seeds = by_prompt[it.id]
-                groups = ([seeds[s] for s in cfg.seeds] if scope == "across_samples"
-                          else [[seeds[s][0] for s in cfg.seeds]])
-                m = pair_metrics(groups)
-                pp[scope] = m
-                rows.append(m)
-            res[scope] = {"measured": True, **{k: self._summ([r[k] for r in rows]) for k in ("self_bleu", "self_chrf", "semantic")}}
-        answered = [(it, pp) for it, pp in zip(self.items, per_prompt) if it.answer is not None]
-        if answered:
-            rows = []
-            for it, pp in answered:
-                outs = [t for s in cfg.seeds for t in by_prompt[it.id][s]]
-                a = answer_stats(outs, it.answer)
-                pp["answers"] = a
-                rows.append(a)
-            res["answers"] = {"measured": True, "items": len(rows),
-                              **{k: self._summ([r.get(k) for r in rows]) for k in ("agreement", "majority_share", "accuracy")}}
+        if not (K >= 2 or S >= 2):
+            note = NotMeasured("consistency needs --samples >= 2 or two or more --seeds; K = 1 gives reference "
+                               "metrics only").to_json()
+            res["across_samples"], res["across_seeds"] = note, dict(note)
         else:
-            res["answers"] = {"measured": False, "reason": "no item has a short 'answer'"}
+            sim = SelfSimilarity(self.embedder, n_resamples=self.bootstrap)
+            for scope, ok, reason in (("across_samples", K >= 2, "needs --samples >= 2"),
+                                      ("across_seeds", S >= 2, "needs two or more --seeds")):
+                if not ok:
+                    res[scope] = NotMeasured(reason).to_json()
+                    continue
+                records = {}
+                for it in self.items:
+                    seeds = by_prompt[it.id]
+                    records[it.id] = sim.item([seeds[s] for s in cfg.seeds] if scope == "across_samples"
+                                              else [[seeds[s][0] for s in cfg.seeds]])
+                per_item[scope] = records
+                res[scope] = {"measured": True, **as_json(sim.score(records))}
+        answered = [it for it in self.items if it.answer is not None]
+        if answered:
+            agree = AnswerAgreement(n_resamples=self.bootstrap)
+            records = {it.id: agree.item(self._outputs(by_prompt, it), it.answer) for it in answered}
+            per_item["answers"] = records
+            res["answers"] = {"measured": True, "items": len(records), **as_json(agree.score(records))}
+        else:
+            res["answers"] = NotMeasured("no item has a short 'answer'").to_json()
         return res
 
-    def _pairwise_semantic(self, samples: list[str]) -> float | None:
-        if len(samples) < 2:
-            return None
-        from .consistency import pairwise_semantic
+    def _contradiction(self, by_prompt, per_item) -> dict[str, Any]:
+        from .contradiction import SelfContradiction
 
-        return pairwise_semantic(self.embedder.encode(samples))
-
-    def _contradiction(self, by_prompt, per_prompt) -> dict[str, Any]:
         cfg = self.cfg
-        if cfg.nli_model is None:
-            return {"measured": False, "reason": "no --nli-model given (SelfCheckGPT-NLI needs a local NLI model folder)"}
+        if self._nli is None:
+            return NotMeasured("no --nli-model given (SelfCheckGPT-NLI needs a local NLI model folder)").to_json()
         if cfg.samples * len(cfg.seeds) < 2:
-            return {"measured": False, "reason": "needs at least two samples per prompt"}
-        scorer = self._nli
-        vals = []
-        for it, pp in zip(self.items, per_prompt):
-            outs = [t for s in cfg.seeds for t in by_prompt[it.id][s]]
-            v = scorer.contradiction_scores(outs)
-            pp["contradiction"] = v
-            vals.append(v)
-        return {"measured": True, "method": "SelfCheckGPT-NLI: P(contradiction) over [entailment, contradiction]",
-                "nli_model": cfg.nli_model, "score": self._summ(vals)}
+            return NotMeasured("needs at least two samples per prompt").to_json()
+        metric = SelfContradiction(self._nli, n_resamples=self.bootstrap, name=cfg.nli_model)
+        r = metric.score({it.id: metric.item(self._outputs(by_prompt, it)) for it in self.items})
+        per_item["contradiction"] = r.per_item
+        return {"measured": True, **r.signature, "score": r.to_json()}
 
-    def _degeneration(self, gens: list[Generation], per_prompt) -> dict[str, Any]:
-        from .degeneration import degeneration_stats, in_loop, next_token_repetition, units
+    def _degeneration(self, by_prompt, per_item) -> dict[str, Any]:
+        from .degeneration import Degeneration, next_token_repetition
 
-        res: dict[str, Any] = dict(degeneration_stats([g.text for g in gens]))
-        loops: dict[str, list[bool]] = {}
-        for g in gens:
-            loops.setdefault(g.request.prompt_id, []).append(in_loop(units(g.text)))
-        for it, pp in zip(self.items, per_prompt):
-            v = loops.get(it.id, [])
-            pp["loop_share"] = sum(v) / len(v) if v else None
-        refs = [r for it in self.items for r in it.references]
+        r = Degeneration().score({it.id: self._outputs(by_prompt, it) for it in self.items})
+        per_item["loop_share"] = r.per_item
+        res: dict[str, Any] = r.to_json()
+        refs = [ref for it in self.items for ref in it.references]
         if not self.backend.capabilities.next_token:
-            res["next_token"] = {"measured": False, "reason": "needs token log-probabilities of a local model"}
+            res["next_token"] = NotMeasured("needs token log-probabilities of a local model").to_json()
         elif not refs:
-            res["next_token"] = {"measured": False, "reason": "no reference text in the prompt set"}
+            res["next_token"] = NotMeasured("no reference text in the prompt set").to_json()
         else:
             targets, preds = [], []
-            for r in refs:
-                t, p = self.backend.next_token_predictions(r)  # type: ignore[attr-defined]
+            for ref in refs:
+                t, p = self.backend.next_token_predictions(ref)  # type: ignore[attr-defined]
                 targets.append(t)
                 preds.append(p)
             rr = next_token_repetition(targets, preds)  # pooled over documents; context never crosses them
@@ -362,27 +301,25 @@ class GenerationEval:
                                  "rep": rr["rep"], "wrep": rr["wrep"], "on": "the prompt set's references"}
         return res
 
-    def _relevance(self, by_prompt, per_prompt, turns, turn_gens) -> dict[str, Any]:
+    def _relevance(self, by_prompt, per_item, turns, turn_gens) -> dict[str, Any]:
         from .consistency import answer_stats
 
         cfg = self.cfg
         prompts, responses, owner = [], [], []
-        for n, it in enumerate(self.items):
-            for s in cfg.seeds:
-                for t in by_prompt[it.id][s]:
-                    prompts.append(it.text())
-                    responses.append(t)
-                    owner.append(n)
+        for it in self.items:
+            for t in self._outputs(by_prompt, it):
+                prompts.append(it.text())
+                responses.append(t)
+                owner.append(it.id)
         P = self.embedder.encode(prompts)
         R = self.embedder.encode(responses)
         sims = (P * R).sum(axis=1).tolist()
-        per: dict[int, list[float]] = {}
-        for n, v in zip(owner, sims):
-            per.setdefault(n, []).append(v)
-        for n, pp in enumerate(per_prompt):
-            pp["relevance"] = sum(per[n]) / len(per[n]) if n in per else None
-        res: dict[str, Any] = {"prompt_response": self._summ([pp["relevance"] for pp in per_prompt]),
-                               "embedding": "all-MiniLM-L6-v2 cosine"}
+        per: dict[str, list[float]] = {}
+        for i, v in zip(owner, sims):
+            per.setdefault(i, []).append(v)
+        r = self.summarize({it.id: sum(per[it.id]) / len(per[it.id]) if it.id in per else None for it in self.items})
+        per_item["relevance"] = r.per_item
+        res: dict[str, Any] = {"prompt_response": r.to_json(), "embedding": "all-MiniLM-L6-v2 cosine"}
         if turns:
             rows = []
             for (it, j, _), g in zip(turns, turn_gens):
@@ -392,31 +329,24 @@ class GenerationEval:
                 rows.append({"prompt_id": it.id, "earlier_turn": j, "semantic": float((e[0] * e[1]).sum()),
                              "same_answer": same, "earlier": g.text, "later": later})
             res["repeated_question"] = {"measured": True, "pairs": len(rows),
-                                        "semantic": self._summ([r["semantic"] for r in rows]),
-                                        "same_answer": self._summ([r["same_answer"] for r in rows]),
+                                        "semantic": self.summarize([r["semantic"] for r in rows]).to_json(),
+                                        "same_answer": self.summarize([r["same_answer"] for r in rows]).to_json(),
                                         "examples": rows[:20]}
         else:
-            res["repeated_question"] = {"measured": False, "reason": "no chat item asks its last question at an earlier turn too"}
+            res["repeated_question"] = NotMeasured("no chat item asks its last question at an earlier turn too").to_json()
         return res
 
-    def _reference(self, by_prompt, per_prompt) -> dict[str, Any]:
-        from .reference import reference_metrics, sentence_scores
+    def _reference(self, by_prompt, per_item) -> dict[str, Any]:
+        from .reference import CorpusReference
 
         first = self.cfg.seeds[0]
-        hyps, refs, owners = [], [], []
-        for it, pp in zip(self.items, per_prompt):
-            if not it.references:
-                continue
-            hyps.append(by_prompt[it.id][first][0])
-            refs.append(list(it.references))
-            owners.append(pp)
-        if not hyps:
-            return {"measured": False, "reason": "no item has a reference"}
-        r = reference_metrics(hyps, refs)
-        for h, rf, pp in zip(hyps, refs, owners):  # per prompt with the corpus's tokenizer
-            pp["reference"] = sentence_scores(h, rf, tokenize=r["tokenize"])
-        r.update(measured=True, on="sample 0 of the first seed", items=len(hyps))
-        return r
+        refd = [it for it in self.items if it.references]
+        if not refd:
+            return NotMeasured("no item has a reference").to_json()
+        r = CorpusReference().score({it.id: by_prompt[it.id][first][0] for it in refd},
+                                    {it.id: it.references for it in refd})
+        per_item["reference"] = r.per_item
+        return {**r.to_json(), "measured": True, "on": "sample 0 of the first seed", "items": len(refd)}
 
     # ------------------------------------------------------------------ determinism
     def _determinism(self, gens: list[Generation]) -> dict[str, Any]:
@@ -430,7 +360,7 @@ class GenerationEval:
         for it in items:
             reqs += [_request(it, 0, seed, greedy, repeat=r) for r in range(1, R + 1)]
             reqs += [_request(it, 0, seed, sampled, repeat=r) for r in (1, 2)]
-        got = self._run(reqs, "determinism")
+        got = self.generate(reqs, "determinism")
         per = 2 + R
         res: dict[str, Any] = {"prompts": len(items), "runs": R}
         uniq, same_g, same_s = [], [], []
@@ -447,16 +377,16 @@ class GenerationEval:
         if caps.next_token:  # the logits of each step, so batch invariance is measured on logits
             res["batch_invariance"] = self._batch_invariance_local(items, greedy)
             if not caps.environments:  # the ensemble: its members would all have to be reopened
-                res["environments"] = {"measured": False, "reason": "not implemented for ensembles; "
-                                                                    "evaluate the members, or compare two runs"}
+                res["environments"] = NotMeasured("not implemented for ensembles; evaluate the members, or compare "
+                                                   "two runs").to_json()
             elif cfg.environments:
                 res["environments"] = self._environments_local(items, greedy, [x.text for x in got[0::per]])
             else:
-                res["environments"] = {"measured": False, "reason": "turned off (--no-environments)"}
+                res["environments"] = NotMeasured("turned off (--no-environments)").to_json()
         else:
             res["batch_invariance"] = self._batch_invariance_http(items, greedy, [x.text for x in got[0::per]])
-            res["environments"] = {"measured": False, "reason": "a served model's dtype and threads are the server's; "
-                                                                "compare two runs with `steadylm compare`"}
+            res["environments"] = NotMeasured("a served model's dtype and threads are the server's; "
+                                               "compare two runs with `steadylm compare`").to_json()
         return res
 
     def _batch_invariance_local(self, items: list[PromptItem], greedy: DecodingSettings) -> dict[str, Any]:
@@ -497,8 +427,8 @@ class GenerationEval:
         try:
             if old is not None:
                 b.concurrency = 1  # type: ignore[attr-defined]
-            alone = self._run([_request(it, 0, self.cfg.seeds[0], greedy, repeat=self.cfg.determinism_runs + 1)
-                               for it in items], "alone")
+            alone = self.generate([_request(it, 0, self.cfg.seeds[0], greedy, repeat=self.cfg.determinism_runs + 1)
+                                   for it in items], "alone")
         finally:
             if old is not None:
                 b.concurrency = old  # type: ignore[attr-defined]
@@ -530,7 +460,7 @@ class GenerationEval:
                 b.threads = old  # type: ignore[attr-defined]
             res[f"threads_{n}_vs_1"] = _text_agreement(list(zip(ref_texts, t1)))
         else:
-            res["threads"] = {"measured": False, "reason": "one CPU thread (or a GPU): nothing to vary"}
+            res["threads"] = NotMeasured("one CPU thread (or a GPU): nothing to vary").to_json()
         return res
 
     # ------------------------------------------------------------------ outputs
@@ -538,21 +468,14 @@ class GenerationEval:
         import sacrebleu
 
         cfg = self.cfg
-        h = hashlib.sha256()
-        for it in self.items:
-            h.update(json.dumps(it.to_json(), sort_keys=True, ensure_ascii=False).encode())
         sig = {
-            "steadylm": __version__,
-            "backend": self.backend.signature(),
-            "decoding": cfg.decoding.as_dict(),
-            "samples": cfg.samples,
+            **self.base_signature(cfg.decoding, cfg.samples),
             "seeds": list(cfg.seeds),
-            "prompts": {"source": self.prompts_label, "items": len(self.items), "sha256": h.hexdigest()[:12]},
+            "prompts": {"source": self.prompts_label, "items": len(self.items), "sha256": prompts_sha(self.items)},
             "metrics": {"semantic_model": "all-MiniLM-L6-v2", "bootstrap_resamples": cfg.bootstrap, "ci": 0.95,
                         "sacrebleu": sacrebleu.__version__, "nli_model": cfg.nli_model,
                         "units": "whitespace words; CJK characters one unit each"},
-            "python": platform.python_version(),
-            "machine": platform.machine(),
+            **self.host(),
         }
         b = sig["backend"]
         sig["string"] = "|".join([f"steadylm:{__version__}", f"backend:{b['backend']}",
@@ -573,9 +496,3 @@ class GenerationEval:
         write_text_atomic(self.out / "generations.jsonl", "\n".join(lines) + "\n")
         write_text_atomic(self.out / "prompts.jsonl",
                           "\n".join(to_json(it.to_json()) for it in self.items) + "\n")
-
-    def close(self) -> None:
-        try:
-            self.cache.close()
-        finally:
-            self._dir.close()

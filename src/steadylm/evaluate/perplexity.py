@@ -104,6 +104,45 @@ def _exp(x: float) -> float:
         return math.inf
 
 
+def perplexities(loglikelihood: float, *, tokens: int, bytes: int) -> dict[str, float]:
+    """lm-eval-harness's corpus-level rates from summed log-likelihood, token and byte counts."""
+    return {"bits_per_byte": -loglikelihood / bytes / math.log(2), "byte_perplexity": _exp(-loglikelihood / bytes),
+            "token_perplexity": _exp(-loglikelihood / tokens)}
+
+
+class TextScorer:
+    """Log-likelihoods of short texts (prompts) under one model, each text scored once.
+
+    Every text is its own document (`compute_perplexity` with one window of ``window`` tokens), so
+    corpus numbers over any set of texts are sums of the cached ones, as lm-eval-harness sums
+    documents before dividing."""
+
+    def __init__(self, model, tokenizer, *, window: int):
+        self.model, self.tokenizer, self.window = model, tokenizer, window
+        self._seen: dict[str, tuple[float, int, int] | None] = {}
+
+    def score(self, text: str) -> tuple[float, int, int] | None:
+        """(log-likelihood, UTF-8 bytes, tokens) of ``text``; None for empty text."""
+        if text not in self._seen:
+            r = None
+            if text.strip():
+                r = compute_perplexity(self.model, self.tokenizer, [text], window=self.window, batch_size=1,
+                                       progress=False)
+            self._seen[text] = None if r is None else (r.loglikelihood, r.bytes, r.tokens)
+        return self._seen[text]
+
+    def bits_per_byte(self, text: str) -> float | None:
+        s = self.score(text)
+        return None if s is None else -s[0] / s[1] / math.log(2)
+
+    def corpus(self, texts: list[str]) -> dict[str, float | int]:
+        """Corpus-level rates over ``texts`` (empty ones left out), with the sums they came from."""
+        scored = [s for s in map(self.score, texts) if s is not None]
+        ll, nb, nt = sum(s[0] for s in scored), sum(s[1] for s in scored), sum(s[2] for s in scored)
+        return {**perplexities(ll, tokens=nt, bytes=nb), "loglikelihood": ll, "bytes": nb, "tokens": nt,
+                "documents": len(scored)}
+
+
 def compute_perplexity(model, tokenizer, documents: list[str], *, window: int, stride: int | None = None,
                        batch_size: int = 8, progress: bool = True, settings: dict | None = None,
                        add_special_tokens: bool = False) -> PerplexityResult:
@@ -161,10 +200,8 @@ def compute_perplexity(model, tokenizer, documents: list[str], *, window: int, s
     settings = dict(settings or {})
     settings.update(window=window, stride=stride)
     return PerplexityResult(
-        token_perplexity=_exp(-total / n_tokens),
+        **perplexities(total, tokens=n_tokens, bytes=n_bytes),
         word_perplexity=_exp(-total / n_words),
-        byte_perplexity=_exp(-total / n_bytes),
-        bits_per_byte=-total / n_bytes / math.log(2),
         loglikelihood=total,
         tokens=n_tokens,
         words=n_words,

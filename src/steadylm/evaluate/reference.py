@@ -28,9 +28,10 @@ Where we differ, and why:
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..errors import ConfigError, SteadyError
+from .result import Result
 
 #: share of Han characters among non-space characters from which a text set counts as Chinese.
 CHINESE_THRESHOLD = 0.2
@@ -131,3 +132,14 @@ def sentence_scores(hyp: str, refs: Sequence[str], *, tokenize: str | None = Non
     return {"bleu": float(bleu.sentence_score(hyp, refs).score),
             "chrf": float(chrf.sentence_score(hyp, refs).score),
             "ter": float(ter.sentence_score(hyp, refs).score)}
+
+
+class CorpusReference:
+    """Corpus BLEU, chrF and TER (`reference_metrics`, no CI: sacrebleu's corpus scores), with each
+    item's sentence scores (`sentence_scores`, the corpus's tokenizer) as its per-item value."""
+
+    def score(self, hyps: Mapping[str, str], refs: Mapping[str, Sequence[str]]) -> Result:
+        """``hyps``: item id -> one output; ``refs``: item id -> its references (the same ids)."""
+        r = reference_metrics(list(hyps.values()), [list(refs[i]) for i in hyps])
+        per_item = {i: sentence_scores(h, list(refs[i]), tokenize=r["tokenize"]) for i, h in hyps.items()}
+        return Result(r, None, per_item, {"tokenize": r["tokenize"], "chinese": r["chinese"]})

@@ -59,10 +59,6 @@ command again serves every generation from it).
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,10 +66,12 @@ from typing import Any, Sequence
 
 from .. import __version__
 from ..errors import ConfigError, SteadyError
-from ..fsutil import OutDir, to_json, write_json_atomic, write_text_atomic
-from .backends.base import Backend, DecodingSettings, Generation, GenerationCache, Request, generate_cached
+from ..fsutil import to_json, write_text_atomic
+from .backends.base import Backend, DecodingSettings, Generation, Request
 from .perturb import Composition, check_rate, compose, parse_kinds, perturb_item, rng_for
 from .prompts import PromptItem
+from .result import NotMeasured, mean
+from .run import EvalRun, prompts_sha
 
 #: kinds ``eval robustness`` applies when no ``--kinds`` is given (no model-backed kind: synonym loads MiniLM)
 DEFAULT_KINDS = ("typo", "swap", "delete", "ocr", "upper", "whitespace", "punctuation", "filler", "word-order",
@@ -197,21 +195,9 @@ def _pdr_ci(clean: Sequence[float | None], per_kind: Sequence[Sequence[float | N
     return float(lo), float(hi)
 
 
-def _mean(xs: Sequence[float | None]) -> float | None:
-    v = [x for x in xs if x is not None]
-    return sum(v) / len(v) if v else None
-
-
-def _sha(items: Sequence[PromptItem]) -> str:
-    h = hashlib.sha256()
-    for it in items:
-        h.update(json.dumps(it.to_json(), sort_keys=True, ensure_ascii=False).encode())
-    return h.hexdigest()[:12]
-
-
 # ----------------------------------------------------------------------------- the evaluation
 
-class RobustnessEval:
+class RobustnessEval(EvalRun):
     """One evaluation: perturb, generate (with the cache), measure, search, write."""
 
     def __init__(self, backend: Backend, items: list[PromptItem], cfg: RobustnessConfig, out: str | Path, *,
@@ -220,23 +206,13 @@ class RobustnessEval:
             raise SteadyError("no prompts to evaluate")
         if cfg.ood is not None and not ood_items:
             raise SteadyError(f"--ood {cfg.ood}: no prompts")
-        self.backend, self.items, self.cfg = backend, items, cfg
+        self.items, self.cfg = items, cfg
         self.ood_items = ood_items or []
         self.progress = progress
         self.prompts_label = prompts_label or cfg.prompts
         self.comps: dict[str, Composition] = {k: compose([k], r, cfg.seed) for k, r in cfg.rates.items()}
-        self._dir = OutDir(out)  # checked, created and locked only now that the settings are known good
-        self.out = self._dir.path
-        try:
-            self.cache = GenerationCache(self.out / "cache.jsonl")
-        except BaseException:
-            self._dir.close()
-            raise
-        self._embedder = None
-        self._ppl: dict[str, tuple[float, int, int] | None] = {}
+        super().__init__(backend, out, bootstrap=cfg.bootstrap)
         self._lines: list[dict[str, Any]] = []
-        self._gens = 0
-        self._cached = 0
         self._sentence_metrics: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ generation
@@ -246,48 +222,12 @@ class RobustnessEval:
             return Request(item.id, sample, self.cfg.seed, self.cfg.decoding, messages=item.messages)
         return Request(item.id, sample, self.cfg.seed, self.cfg.decoding, prompt=item.prompt)
 
-    def _run(self, requests: list[Request], label: str) -> list[Generation]:
-        """Generate (each distinct request once), through the cache; keep what finished on failure."""
-        from ..progress import make_progress
-
-        ident = self.backend.identity
-        keys = [r.key(ident) for r in requests]
-        first: dict[str, int] = {}
-        uniq: list[Request] = []
-        for r, k in zip(requests, keys):
-            if k not in first:
-                first[k] = len(uniq)
-                uniq.append(r)
-        n_cached = len(self.cache)
-        try:
-            with make_progress(transient=True) as bar:
-                task = bar.add_task(label, total=len(uniq), info="")
-                gens = generate_cached(self.backend, uniq, self.cache, progress=lambda n: bar.advance(task, n))
-        except SteadyError as e:
-            kept = len(self.cache)
-            if not kept:
-                raise  # nothing finished: no cache to point at (a failed start removes --out)
-            raise SteadyError(f"{e} ({kept} finished generations are kept in {self.out / 'cache.jsonl'}"
-                              f"{'' if kept == n_cached else f', {kept - n_cached} of them new'}; "
-                              f"run the same command again to resume)") from None
-        self._gens += len(gens)
-        self._cached += sum(g.cached for g in gens)
-        return [gens[first[k]] for k in keys]
-
     def _log(self, set_: str, item: PromptItem, variant: str, sample: int, g: Generation, **extra: Any) -> None:
         self._lines.append({"set": set_, "prompt_id": item.id, "variant": variant, "sample": sample,
                             "prompt": item.text(), "text": g.text, "finish_reason": g.finish_reason,
                             "completion_tokens": g.completion_tokens, **extra})
 
     # ------------------------------------------------------------------ scoring helpers
-    @property
-    def embedder(self):
-        if self._embedder is None:
-            from .consistency import Embedder
-
-            self._embedder = Embedder()
-        return self._embedder
-
     def _metric(self, name: str):
         if name not in self._sentence_metrics:
             from .reference import sacrebleu_metrics
@@ -318,40 +258,6 @@ class RobustnessEval:
         """Whether the backend scores text, so the perplexity shift can be measured."""
         return self.backend.capabilities.logprobs
 
-    @property
-    def ppl_window(self) -> int:
-        return getattr(self.backend, "context", None) or 1024
-
-    def _score_text(self, text: str) -> tuple[float, int, int] | None:
-        """(log-likelihood, UTF-8 bytes, tokens) of ``text`` under the backend's model; None for empty text."""
-        if text not in self._ppl:
-            if not text.strip():
-                self._ppl[text] = None
-            else:
-                from .perplexity import compute_perplexity
-
-                b = self.backend
-                r = compute_perplexity(b.scoring_model(), b.tokenizer, [text], window=self.ppl_window,  # type: ignore[attr-defined]
-                                       batch_size=1, progress=False)
-                self._ppl[text] = (r.loglikelihood, r.bytes, r.tokens)
-        return self._ppl[text]
-
-    def _corpus_ppl(self, texts: Sequence[str]) -> dict[str, Any]:
-        scored = [s for s in (self._score_text(t) for t in texts) if s is not None]
-        ll, nb, nt = sum(s[0] for s in scored), sum(s[1] for s in scored), sum(s[2] for s in scored)
-        return {"bits_per_byte": -ll / nb / math.log(2), "byte_perplexity": math.exp(-ll / nb),
-                "token_perplexity": math.exp(-ll / nt), "loglikelihood": ll, "bytes": nb, "tokens": nt,
-                "documents": len(scored)}
-
-    def _bpb(self, text: str) -> float | None:
-        s = self._score_text(text)
-        return None if s is None else -s[0] / s[1] / math.log(2)
-
-    def _summ(self, values: Sequence[Any]) -> dict[str, Any]:
-        from ..stats import summarize
-
-        return summarize([v for v in values if v is not None], n_resamples=self.cfg.bootstrap)
-
     # ------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:
         t0 = time.time()
@@ -364,7 +270,7 @@ class RobustnessEval:
             plan += [("in", v, i, it) for i, it in enumerate(its)]
         plan += [("ood", "clean", i, it) for i, it in enumerate(self.ood_items)]
         reqs = [self._request(it, k) for _, _, _, it in plan for k in range(K)]
-        gens = self._run(reqs, "generating")
+        gens = self.generate(reqs, "generating")
         outs: dict[tuple[str, str], list[list[str]]] = {}
         for n, (set_, v, i, it) in enumerate(plan):
             mine = gens[n * K:(n + 1) * K]
@@ -382,11 +288,11 @@ class RobustnessEval:
         results["ood"] = self._ood(results["clean"], outs.get(("ood", "clean"), []))
         results["per_prompt"] = per_prompt
         results["counts"] = {"prompts": len(self.items), "ood_prompts": len(self.ood_items), "kinds": len(cfg.kinds),
-                             "generations": self._gens, "from_cache": self._cached}
+                             "generations": self.generated, "from_cache": self.from_cache}
         results["elapsed_s"] = round(time.time() - t0, 2)
         write_text_atomic(self.out / "generations.jsonl",
                           "".join(to_json(x) + "\n" for x in self._lines))
-        write_json_atomic(self.out / "results.json", results)
+        self.write_results(results)
         return results
 
     # ------------------------------------------------------------------ clean metrics of one set
@@ -396,25 +302,25 @@ class RobustnessEval:
 
         res: dict[str, Any] = {"items": len(items)}
         if self.logprobs:
-            res["perplexity"] = {"measured": True, "on": "the prompt text", **self._corpus_ppl([it.text() for it in items])}
+            res["perplexity"] = {"measured": True, "on": "the prompt text", **self.scorer.corpus([it.text() for it in items])}
         else:
-            res["perplexity"] = {"measured": False, "reason": "not measured: needs token log-probabilities of a local model"}
+            res["perplexity"] = NotMeasured("not measured: needs token log-probabilities of a local model").to_json()
         if self.cfg.samples >= 2:
-            res["self_bleu"] = {"measured": True, **self._summ([pairwise_bleu(o) for o in outs])}
+            res["self_bleu"] = {"measured": True, **self.summary([pairwise_bleu(o) for o in outs])}
         else:
-            res["self_bleu"] = {"measured": False, "reason": "needs --samples >= 2"}
+            res["self_bleu"] = NotMeasured("needs --samples >= 2").to_json()
         refd = [(it, o) for it, o in zip(items, outs) if it.references]
         if refd:
             r = reference_metrics([o[0] for _, o in refd], [list(it.references) for it, _ in refd])
             res["reference"] = {"measured": True, "items": len(refd), "on": "sample 0", "tokenize": r["tokenize"],
                                 **{m: r[m] for m in ("bleu", "chrf", "ter")}}
         else:
-            res["reference"] = {"measured": False, "reason": "no item has a reference"}
+            res["reference"] = NotMeasured("no item has a reference").to_json()
         ans = [(it, o) for it, o in zip(items, outs) if it.answer is not None]
         if ans:
-            res["accuracy"] = {"measured": True, **self._summ([answer_stats(o, it.answer)["accuracy"] for it, o in ans])}
+            res["accuracy"] = {"measured": True, **self.summary([answer_stats(o, it.answer)["accuracy"] for it, o in ans])}
         else:
-            res["accuracy"] = {"measured": False, "reason": "no item has a short 'answer'"}
+            res["accuracy"] = NotMeasured("no item has a short 'answer'").to_json()
         return res
 
     # ------------------------------------------------------------------ per kind
@@ -444,7 +350,7 @@ class RobustnessEval:
         m["reference_chrf"]["clean"] = [r["chrf"] if r else None for r in clean_ref]
         m["reference_bleu"]["clean"] = [r["bleu"] if r else None for r in clean_ref]
         m["similarity_chrf"]["clean"] = [100.0] * len(items)
-        clean_bpb = [self._bpb(it.text()) for it in items] if self.logprobs else [None] * len(items)
+        clean_bpb = [self.scorer.bits_per_byte(it.text()) for it in items] if self.logprobs else [None] * len(items)
         for pp, b, acc, r in zip(per_prompt, clean_bpb, m["accuracy"]["clean"], clean_ref):
             pp["clean"] = {"bits_per_byte": b, "accuracy": acc, "reference": r}
 
@@ -456,15 +362,15 @@ class RobustnessEval:
                 sims = [self.similarity(pert[i][k], clean[i][k]) for k in range(K)]
                 sem = [1.0 if pert[i][k] == clean[i][k] else float(emb[pert[i][k]] @ emb[clean[i][k]]) for k in range(K)]
                 row: dict[str, Any] = {"changed": pert_items[i].text() != it.text(),
-                                       "bleu": _mean([s[0] for s in sims]), "chrf": _mean([s[1] for s in sims]),
-                                       "semantic": _mean(sem)}
+                                       "bleu": mean([s[0] for s in sims]), "chrf": mean([s[1] for s in sims]),
+                                       "semantic": mean(sem)}
                 if self.logprobs:
-                    pb = self._bpb(pert_items[i].text())
+                    pb = self.scorer.bits_per_byte(pert_items[i].text())
                     row["bits_per_byte"] = pb
                     row["bpb_delta"] = None if pb is None or clean_bpb[i] is None else pb - clean_bpb[i]
                 if it.answer is not None:
                     row["accuracy"] = answer_stats(pert[i], it.answer)["accuracy"]
-                    row["flip"] = _mean([float(extract_answer(pert[i][k]) != extract_answer(clean[i][k])) for k in range(K)])
+                    row["flip"] = mean([float(extract_answer(pert[i][k]) != extract_answer(clean[i][k])) for k in range(K)])
                 ri = ref_item(i, pert[i][0])
                 if ri is not None:
                     row["reference"] = ri
@@ -477,24 +383,24 @@ class RobustnessEval:
 
             d: dict[str, Any] = {"rate": self.cfg.rates[kind], "changed_share": sum(r["changed"] for r in rows) / len(rows)}
             if self.logprobs:
-                c_ppl = self._corpus_ppl([it.text() for it in items])
-                p_ppl = self._corpus_ppl([it.text() for it in pert_items])
+                c_ppl = self.scorer.corpus([it.text() for it in items])
+                p_ppl = self.scorer.corpus([it.text() for it in pert_items])
                 d["perplexity_shift"] = {"measured": True, "clean_bits_per_byte": c_ppl["bits_per_byte"],
                                          "bits_per_byte": p_ppl["bits_per_byte"],
                                          "delta_bits_per_byte": p_ppl["bits_per_byte"] - c_ppl["bits_per_byte"],
-                                         "per_item_delta": self._summ([r["bpb_delta"] for r in rows])}
+                                         "per_item_delta": self.summary([r["bpb_delta"] for r in rows])}
             else:
-                d["perplexity_shift"] = {"measured": False,
-                                         "reason": "not measured: an endpoint gives no token log-probabilities"}
-            d["similarity"] = {k: self._summ([r[k] for r in rows]) for k in ("bleu", "chrf", "semantic")}
+                d["perplexity_shift"] = NotMeasured("not measured: an endpoint gives no token "
+                                                    "log-probabilities").to_json()
+            d["similarity"] = {k: self.summary([r[k] for r in rows]) for k in ("bleu", "chrf", "semantic")}
             ans = [r for r in rows if "accuracy" in r]
             if ans:
                 d["answers"] = {"measured": True, "items": len(ans),
-                                "accuracy_clean": self._summ([a for a in m["accuracy"]["clean"] if a is not None]),
-                                "accuracy": self._summ([r["accuracy"] for r in ans]),
-                                "flip_rate": self._summ([r["flip"] for r in ans])}
+                                "accuracy_clean": self.summary([a for a in m["accuracy"]["clean"] if a is not None]),
+                                "accuracy": self.summary([r["accuracy"] for r in ans]),
+                                "flip_rate": self.summary([r["flip"] for r in ans])}
             else:
-                d["answers"] = {"measured": False, "reason": "no item has a short 'answer'"}
+                d["answers"] = NotMeasured("no item has a short 'answer'").to_json()
             if refd and clean_ref_corpus is not None:
                 pr = reference_metrics([pert[i][0] for i in refd], [list(items[i].references) for i in refd], tokenize=tok)
                 d["reference"] = {"measured": True, "items": len(refd), "on": "sample 0",
@@ -502,7 +408,7 @@ class RobustnessEval:
                                          "delta": pr[k]["score"] - clean_ref_corpus[k]["score"],
                                          "signature": pr[k]["signature"]} for k in ("bleu", "chrf", "ter")}}
             else:
-                d["reference"] = {"measured": False, "reason": "no item has a reference"}
+                d["reference"] = NotMeasured("no item has a reference").to_json()
             d["pdr"] = self._pdr_block(m, [kind])
             res[kind] = d
         return res, m
@@ -522,9 +428,9 @@ class RobustnessEval:
         kinds = list(self.cfg.kinds)
         res: dict[str, Any] = {"kinds": kinds}
         for key in ("bleu", "chrf", "semantic", "bpb_delta", "flip"):
-            vals = [_mean([pp["kinds"][k].get(key) for k in kinds]) for pp in per_prompt]
+            vals = [mean([pp["kinds"][k].get(key) for k in kinds]) for pp in per_prompt]
             if any(v is not None for v in vals):
-                res[key if key != "bpb_delta" else "perplexity_shift_bpb"] = self._summ(vals)
+                res[key if key != "bpb_delta" else "perplexity_shift_bpb"] = self.summary(vals)
         res["pdr"] = self._pdr_block(m, kinds)
         present = [n for n in PDR_METRICS if n in res["pdr"]]
         # the headline: the first metric whose PDR is defined (a clean score of 0 everywhere leaves it undefined)
@@ -535,7 +441,7 @@ class RobustnessEval:
             per_item = worst_case(m[name]["clean"], [m[name][k] for k in kinds])
             for pp, v in zip(per_prompt, per_item):
                 pp.setdefault("worst_case", {})[name] = v
-            wc[name] = {"clean": self._summ(m[name]["clean"]), "worst_case": self._summ(per_item),
+            wc[name] = {"clean": self.summary(m[name]["clean"]), "worst_case": self.summary(per_item),
                         "worst_kind_counts": self._worst_kinds(m[name], kinds)}
         res["worst_case"] = {"definition": "per item the minimum over the original and every perturbed version "
                                            "(HELM), then the mean over items", **wc}
@@ -566,7 +472,7 @@ class RobustnessEval:
         cfg = self.cfg
         items = self.items[:cfg.adv_items]
         if not items:
-            return {"measured": False, "reason": "--adv-items 0"}
+            return NotMeasured("--adv-items 0").to_json()
         B, mc, kinds = cfg.budget, cfg.candidates_per_step, cfg.search_kinds
         objs = [self._objective(it, clean[i][0]) for i, it in enumerate(items)]
         clean_scores = [f(clean[i][0]) for i, (_, f) in enumerate(objs)]
@@ -584,7 +490,7 @@ class RobustnessEval:
                 for j in range(mc):
                     kind = kinds[(step * mc + j) % len(kinds)]
                     cands.append((i, j, kind, self._edit(cur[i], kind, f"adv:{it.id}:{step}:{j}")))
-            gens = self._run([self._request(c, 0) for *_, c in cands], f"greedy search {step + 1}/{B}")
+            gens = self.generate([self._request(c, 0) for *_, c in cands], f"greedy search {step + 1}/{B}")
             best: dict[int, tuple[float, PromptItem, str, str]] = {}
             for (i, j, kind, c), g in zip(cands, gens):
                 s = objs[i][1](g.text)
@@ -611,7 +517,7 @@ class RobustnessEval:
                     c = self._edit(c, kind, f"rand:{it.id}:{q}:{e}")
                     ks.append(kind)
                 rcands.append((i, q, ks, c))
-        rgens = self._run([self._request(c, 0) for *_, c in rcands], "random search")
+        rgens = self.generate([self._request(c, 0) for *_, c in rcands], "random search")
         r_best: list[tuple[float, PromptItem, list[str], str]] = [(clean_scores[i], it, [], clean[i][0])
                                                                   for i, it in enumerate(items)]
         r_curve: list[list[float]] = [[] for _ in items]
@@ -643,10 +549,10 @@ class RobustnessEval:
 
         return {"measured": True, "items": n, "budget": B, "candidates_per_step": mc, "queries_per_search": n_q,
                 "kinds": list(kinds), "objective": sorted({o[0] for o in objs}),
-                "clean": self._summ(clean_scores),
-                "greedy": {"final": self._summ(cur_score), "curve": mean_curve(curve),
+                "clean": self.summary(clean_scores),
+                "greedy": {"final": self.summary(cur_score), "curve": mean_curve(curve),
                            "queries": g_queries, "edits_used_mean": sum(len(e) for e in edits) / n},
-                "random": {"final": self._summ([b[0] for b in r_best]), "curve": mean_curve(r_curve),
+                "random": {"final": self.summary([b[0] for b in r_best]), "curve": mean_curve(r_curve),
                            "queries": r_queries},
                 "greedy_better_share": sum(cur_score[i] < r_best[i][0] for i in range(n)) / n,
                 "random_better_share": sum(r_best[i][0] < cur_score[i] for i in range(n)) / n,
@@ -655,7 +561,7 @@ class RobustnessEval:
     # ------------------------------------------------------------------ domain shift
     def _ood(self, clean_in: dict[str, Any], ood_outs: list[list[str]]) -> dict[str, Any]:
         if self.cfg.ood is None:
-            return {"measured": False, "reason": "no --ood source given"}
+            return NotMeasured("no --ood source given").to_json()
         o = self._set_metrics(self.ood_items, ood_outs)
         drop: dict[str, Any] = {}
         pi, po = clean_in["perplexity"], o["perplexity"]
@@ -683,10 +589,7 @@ class RobustnessEval:
         cfg = self.cfg
         rates = cfg.rates
         sig: dict[str, Any] = {
-            "steadylm": __version__,
-            "backend": self.backend.signature(),
-            "decoding": cfg.decoding.as_dict(),
-            "samples": cfg.samples,
+            **self.base_signature(cfg.decoding, cfg.samples),
             "seed": cfg.seed,
             "perturbation": {"kinds": list(cfg.kinds), "rates": rates, "rate_given": cfg.rate, "seed": cfg.seed,
                              "index": "the item's id", "target": "prompt; a chat's last user turn; a translation's source"},
@@ -695,8 +598,8 @@ class RobustnessEval:
                        "queries_per_search": cfg.budget * cfg.candidates_per_step,
                        "objective": "sentence chrF of sample 0 to the references, else to the clean output; lower = worse",
                        "random_baseline": "each query: budget random edits of the clean prompt; the worst seen kept"},
-            "prompts": {"source": self.prompts_label, "items": len(self.items), "sha256": _sha(self.items)},
-            "ood": ({"source": cfg.ood, "items": len(self.ood_items), "sha256": _sha(self.ood_items)}
+            "prompts": {"source": self.prompts_label, "items": len(self.items), "sha256": prompts_sha(self.items)},
+            "ood": ({"source": cfg.ood, "items": len(self.ood_items), "sha256": prompts_sha(self.ood_items)}
                     if cfg.ood is not None else None),
             "perplexity": None,
             "metrics": {"semantic_model": "all-MiniLM-L6-v2", "bootstrap_resamples": cfg.bootstrap, "ci": 0.95,
@@ -704,8 +607,7 @@ class RobustnessEval:
                         "sentence_bleu": "effective_order=True; tokenize zh for Chinese; identical outputs = 100",
                         "pdr": "PromptBench: 1 - sum M(perturbed) / sum M(clean) over items",
                         "worst_case": "HELM: per-item min over original and perturbed, mean over items"},
-            "python": platform.python_version(),
-            "machine": platform.machine(),
+            **self.host(),
         }
         if self.logprobs:
             from ..data.tokenizer import tokenizer_signature
@@ -724,95 +626,6 @@ class RobustnessEval:
                                  + ([f"ood:{sig['ood']['sha256']}"] if sig["ood"] else []))
         return sig
 
-    def close(self) -> None:
-        try:
-            self.cache.close()
-        finally:
-            self._dir.close()
 
-
-# ----------------------------------------------------------------------------- terminal table
-
-def print_robustness_summary(r: dict[str, Any], out: str | Path) -> None:
-    from rich.table import Table
-
-    from .summary import fmt_ci, console, fmt
-
-    con = console()
-    sig = r.get("signature", {})
-    t = Table(title="eval robustness: per perturbation kind", caption=sig.get("string", ""))
-    for c in ("kind", "rate", "changed", "Δ bits/byte", "BLEU to clean", "chrF to clean", "semantic",
-              "accuracy / flip", "ref chrF", "PDR"):
-        t.add_column(c)
-    primary = r.get("aggregate", {}).get("primary_metric")
-    for kind, d in r.get("kinds", {}).items():
-        ps = d.get("perplexity_shift", {})
-        ans = d.get("answers", {})
-        ref = d.get("reference", {})
-        pdr = d.get("pdr", {}).get(primary or "", {}).get("pdr")
-        t.add_row(kind, fmt(d.get("rate")), fmt(d.get("changed_share")),
-                  fmt(ps.get("delta_bits_per_byte")) if ps.get("measured") else "not measured",
-                  fmt_ci(d["similarity"]["bleu"]), fmt_ci(d["similarity"]["chrf"]), fmt_ci(d["similarity"]["semantic"]),
-                  f"{fmt(ans['accuracy']['mean'])} / {fmt(ans['flip_rate']['mean'])}" if ans.get("measured") else "-",
-                  f"{fmt(ref['chrf']['clean'])} → {fmt(ref['chrf']['perturbed'])}" if ref.get("measured") else "-",
-                  fmt(pdr))
-    con.print(t)
-    agg = r.get("aggregate", {})
-    a = Table(title="all kinds")
-    for c in ("metric", "value (mean [95% CI])"):
-        a.add_column(c)
-    for k in ("bleu", "chrf", "semantic", "perplexity_shift_bpb", "flip"):
-        if k in agg:
-            a.add_row(k, fmt_ci(agg[k]))
-    for name, v in agg.get("pdr", {}).items():
-        a.add_row(f"PDR {name}", f"{fmt(v['pdr'])}  [{fmt(v['ci_low'])}, {fmt(v['ci_high'])}]")
-    for name, v in agg.get("worst_case", {}).items():
-        if isinstance(v, dict):
-            a.add_row(f"worst case {name}", f"{fmt_ci(v['worst_case'])}  (clean {fmt_ci(v['clean'])})")
-    con.print(a)
-    adv = r.get("adversarial", {})
-    if adv.get("measured"):
-        s = Table(title=f"adversarial search: {adv['items']} items, budget {adv['budget']} edits, "
-                        f"{adv['queries_per_search']} queries each ({', '.join(adv['objective'])}; lower = worse)")
-        for c in ("search", "final score", "after each step"):
-            s.add_column(c)
-        s.add_row("clean", fmt_ci(adv["clean"]), "")
-        for name in ("greedy", "random"):
-            s.add_row(name, fmt_ci(adv[name]["final"]), "  ".join(fmt(x) for x in adv[name]["curve"]))
-        con.print(s)
-        for e in adv["examples"][:2]:
-            con.print(f"[bold]{e['prompt_id']}[/] ({e['objective']}: clean {fmt(e['clean_score'])}, "
-                      f"greedy {fmt(e['greedy']['score'])}, random {fmt(e['random']['score'])})")
-            con.print(f"  clean prompt:       {e['clean_prompt']!r}\n  adversarial prompt: {e['greedy']['prompt']!r}\n"
-                      f"  clean output:       {e['clean_output']!r}\n  adversarial output: {e['greedy']['output']!r}",
-                      markup=False, highlight=False)
-    else:
-        con.print(f"adversarial search: {adv.get('reason', 'not measured')}")
-    ood = r.get("ood", {})
-    if ood.get("measured"):
-        o = Table(title=f"domain shift: in-domain vs {ood['source']}")
-        for c in ("metric", "in-domain", "OOD", "drop"):
-            o.add_column(c)
-        i_, d_, dr = ood["in_domain"], ood["ood"], ood["drop"]
-        if i_["perplexity"].get("measured"):
-            o.add_row("bits per byte (prompt text)", fmt(i_["perplexity"]["bits_per_byte"]),
-                      fmt(d_["perplexity"]["bits_per_byte"]), f"perplexity ratio {fmt(dr.get('perplexity_ratio'))}")
-        else:
-            o.add_row("perplexity", "not measured", "not measured", "")
-        if i_["self_bleu"].get("measured"):
-            o.add_row("self-BLEU", fmt_ci(i_["self_bleu"]), fmt_ci(d_["self_bleu"]), fmt(dr.get("self_bleu_delta")))
-        for k in ("bleu", "chrf"):
-            if i_["reference"].get("measured") or d_["reference"].get("measured"):
-                o.add_row(f"reference {k}", fmt(i_["reference"].get(k, {}).get("score")),
-                          fmt(d_["reference"].get(k, {}).get("score")), fmt(dr.get(f"reference_{k}_delta")))
-        if i_["accuracy"].get("measured") or d_["accuracy"].get("measured"):
-            o.add_row("accuracy", fmt_ci(i_["accuracy"]), fmt_ci(d_["accuracy"]), fmt(dr.get("accuracy_delta")))
-        con.print(o)
-    cnt = r.get("counts", {})
-    con.print(f"{cnt.get('prompts')} prompts x {cnt.get('kinds')} kinds, {cnt.get('generations')} generations "
-              f"({cnt.get('from_cache')} from cache) in {r.get('elapsed_s')} s -> {Path(out) / 'results.json'}, "
-              f"{Path(out) / 'generations.jsonl'}")
-
-
-__all__ = ["RobustnessConfig", "RobustnessEval", "performance_drop_rate", "worst_case", "print_robustness_summary",
-           "DEFAULT_KINDS", "CHAR_KINDS", "PDR_METRICS"]
+__all__ = ["RobustnessConfig", "RobustnessEval", "performance_drop_rate", "worst_case", "DEFAULT_KINDS", "CHAR_KINDS",
+           "PDR_METRICS"]

@@ -35,6 +35,7 @@ from .. import __version__
 from ..errors import SteadyError
 from ..fsutil import check_out_file, write_text_atomic
 from ..io import iter_jsonl
+from .format import fmt, fmt_ci_n
 from .inputs import Input, collect_inputs
 
 __all__ = ["build_report", "SECTIONS"]
@@ -55,29 +56,9 @@ _PLOT_TITLES = {"loss": "Training loss (spikes and incidents marked)",
 # --------------------------------------------------------------------------- formatting
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        if math.isnan(v) or math.isinf(v):
-            return str(v)
-        return f"{v:.4g}"
-    return str(v)
-
-
 def _is_ci(d: Any) -> bool:
     return isinstance(d, dict) and "mean" in d and ("ci_low" in d or "n" in d) and \
         all(not isinstance(v, (dict, list)) for v in d.values())
-
-
-def _ci(d: Any) -> str:
-    if not isinstance(d, dict) or d.get("mean") is None:
-        return "-"
-    lo, hi = d.get("ci_low"), d.get("ci_high")
-    s = _fmt(d["mean"]) if lo is None or hi is None else f"{_fmt(d['mean'])} [{_fmt(lo)}, {_fmt(hi)}]"
-    return s + (f" (n={d['n']})" if isinstance(d.get("n"), int) else "")
 
 
 def _is_scalar(v: Any) -> bool:
@@ -91,16 +72,16 @@ def _finite(v: Any) -> bool:
 def _cell(v: Any) -> dict[str, Any]:
     """One table cell: ``{"text", "verbatim"}``; long or multi-line text is shown verbatim."""
     if _is_ci(v):
-        return {"text": _ci(v), "verbatim": False}
+        return {"text": fmt_ci_n(v), "verbatim": False}
     if isinstance(v, str):
         text = v if len(v) <= _MAX_TEXT else v[:_MAX_TEXT] + f" … ({len(v) - _MAX_TEXT} more characters)"
         return {"text": text, "verbatim": len(v) > 60 or "\n" in v or v != v.strip()}
     if isinstance(v, (dict, list)):
         if isinstance(v, list) and all(_is_scalar(x) for x in v) and len(v) <= 12:
-            return {"text": ", ".join(_fmt(x) for x in v), "verbatim": False}
+            return {"text": ", ".join(fmt(x) for x in v), "verbatim": False}
         s = json.dumps(v, ensure_ascii=False, default=str)
         return {"text": s if len(s) <= 300 else s[:300] + " …", "verbatim": True}
-    return {"text": _fmt(v), "verbatim": False}
+    return {"text": fmt(v), "verbatim": False}
 
 
 def _png_uri(path: Path) -> str:
@@ -182,7 +163,7 @@ def generic(obj: Any, depth: int = 0, skip: Iterable[str] = ()) -> list[dict[str
                 return [t]
             return [{"type": "group", "title": f"[{i}]", "children": generic(x, depth + 1)} for i, x in enumerate(obj[:_MAX_ROWS])]
         if all(_is_scalar(x) for x in obj):
-            return [{"type": "kv", "rows": [("values", _cell(", ".join(_fmt(x) for x in obj[:200])))]}]
+            return [{"type": "kv", "rows": [("values", _cell(", ".join(fmt(x) for x in obj[:200])))]}]
         return [{"type": "group", "title": f"[{i}]", "children": generic(x, depth + 1)} for i, x in enumerate(obj[:_MAX_ROWS])]
     if isinstance(obj, str):
         return [{"type": "text", "text": obj}]
@@ -240,16 +221,16 @@ def _training_entry(inp: Input, plot_dir: Path, warnings: list[str]) -> dict[str
     thr = [r["threshold"] for r in run.steps if _finite(r.get("threshold"))]
     gn = [r["grad_norm"] for r in run.steps if _finite(r.get("grad_norm"))]
     method = (cfg.get("clip") or {}).get("method") if isinstance(cfg.get("clip"), dict) else None
-    clip = [("clip method", _fmt(method)), ("steps clipped", f"{clipped} of {n} ({clipped / n:.1%})" if n else "-"),
-            ("clip threshold (first / last / max)", " / ".join(_fmt(x) for x in (thr[0], thr[-1], max(thr))) if thr else "-"),
-            ("grad norm (median / max)", f"{_fmt(sorted(gn)[len(gn) // 2])} / {_fmt(max(gn))}" if gn else "-")]
+    clip = [("clip method", fmt(method)), ("steps clipped", f"{clipped} of {n} ({clipped / n:.1%})" if n else "-"),
+            ("clip threshold (first / last / max)", " / ".join(fmt(x) for x in (thr[0], thr[-1], max(thr))) if thr else "-"),
+            ("grad norm (median / max)", f"{fmt(sorted(gn)[len(gn) // 2])} / {fmt(max(gn))}" if gn else "-")]
     entry["clip"] = [(k, _cell(v)) for k, v in clip]
     for e in run.events:
         if e.get("event") == "incident":
             entry["incidents"].append([_cell(e.get("step")), _cell(e.get("kind")), _cell(e.get("value")),
                                        _cell(e.get("threshold")), _cell(e.get("action"))])
         else:
-            detail = ", ".join(f"{k} {_fmt(v)}" for k, v in e.items() if k not in ("step", "event", "batches"))
+            detail = ", ".join(f"{k} {fmt(v)}" for k, v in e.items() if k not in ("step", "event", "batches"))
             entry["events"].append([_cell(e.get("step")), _cell(e.get("event")), _cell(detail)])
     try:
         paths = plot_run(inp.path, plot_dir)
@@ -297,7 +278,7 @@ def _sweep_plot(recipes: dict[str, Any]) -> str | None:
             any_point = True
             sens = rec.get("lr_sensitivity")
             ax.plot([x for x, _ in curve], [y for _, y in curve], color=color, linewidth=1.5, marker="o", markersize=4,
-                    label=name + (f" (LR sensitivity {_fmt(sens)})" if _finite(sens) else ""), zorder=4)
+                    label=name + (f" (LR sensitivity {fmt(sens)})" if _finite(sens) else ""), zorder=4)
         if bad:
             any_point = True
             ax.scatter(bad, [0.97] * len(bad), transform=ax.get_xaxis_transform(), marker="x", s=50, color=color,
@@ -349,7 +330,7 @@ def _sweep_entry(inp: Input) -> dict[str, Any]:
             sum(1 for r in runs if not _finite(r.get("final_loss")))
         rows.append([_cell(name), {"text": str(rec.get("description") or ""), "verbatim": False}, _cell(sens),
                      _cell(ratio), _cell(rec.get("best_loss")), _cell(rec.get("best_lr")), _cell(len(runs)),
-                     _cell(diverged), _cell(", ".join(_fmt(x) for x in lrs)), _cell(", ".join(map(str, seeds))),
+                     _cell(diverged), _cell(", ".join(fmt(x) for x in lrs)), _cell(", ".join(map(str, seeds))),
                      _cell(_seed_spread(rec, runs, lrs))])
         rest = {k: v for k, v in rec.items() if k not in ("runs", "lr_sensitivity", "best_loss", "best_lr", "description",
                                                            "relative_to", "diverged")}
@@ -387,7 +368,7 @@ def _study_entry(inp: Input, warnings: list[str]) -> dict[str, Any]:
 
 
 def _generation_entry(inp: Input) -> dict[str, Any]:
-    from ..evaluate.summary import generation_rows
+    from .tables import generation_rows
 
     r = inp.data
     ref = r.get("reference", {}) if isinstance(r.get("reference"), dict) else {}
@@ -397,7 +378,7 @@ def _generation_entry(inp: Input) -> dict[str, Any]:
     return {"label": inp.label, "path": str(inp.path), "signature": inp.signature,
             "rows": [[_cell(g), _cell(m), _cell(v)] for g, m, v in generation_rows(r)],
             "metric_signatures": sigs,
-            "counts": ", ".join(f"{k} {_fmt(v)}" for k, v in cnt.items()) + (f"; {r['elapsed_s']} s" if "elapsed_s" in r else ""),
+            "counts": ", ".join(f"{k} {fmt(v)}" for k, v in cnt.items()) + (f"; {r['elapsed_s']} s" if "elapsed_s" in r else ""),
             "settings": generic({k: v for k, v in (r.get("signature") or {}).items() if k != "string"})}
 
 
@@ -412,7 +393,7 @@ def _perplexity_entry(inp: Input) -> dict[str, Any]:
 
 def _comparison(entries: list[tuple[str, dict[str, Any]]]) -> dict[str, Any] | None:
     """Generation results side by side: one row per (group, metric), one column per result."""
-    from ..evaluate.summary import generation_rows
+    from .tables import generation_rows
 
     if len(entries) < 2:
         return None
@@ -462,7 +443,7 @@ def _worst_examples(inp: Input, kinds: Iterable[str], warnings: list[str], per_k
             c, p = gens.get(("clean", pid)), gens.get((kind, pid))
             if c is None or p is None:
                 continue
-            picked.append({"prompt_id": pid, "chrf": _fmt(chrf), "semantic": _fmt(row.get("semantic")),
+            picked.append({"prompt_id": pid, "chrf": fmt(chrf), "semantic": fmt(row.get("semantic")),
                            "clean_prompt": str(c.get("prompt", "")), "prompt": str(p.get("prompt", "")),
                            "clean_output": str(c.get("text", "")), "output": str(p.get("text", ""))})
         if picked:
@@ -489,9 +470,9 @@ def _robustness_entry(inp: Input, warnings: list[str]) -> dict[str, Any]:
                          _cell(d.get("rate")), _cell(d.get("changed_share")),
                          _cell(ps.get("delta_bits_per_byte") if ps.get("measured") else "not measured"),
                          _cell(sim.get("bleu")), _cell(sim.get("chrf")), _cell(sim.get("semantic")),
-                         _cell(f"{_ci(ans.get('accuracy'))} / flip {_ci(ans.get('flip_rate'))}" if ans.get("measured") else "-"),
-                         _cell(f"{_fmt(ref['chrf']['clean'])} → {_fmt(ref['chrf']['perturbed'])}" if ref.get("measured") else "-"),
-                         _cell(f"{_fmt(pdr.get('pdr'))} [{_fmt(pdr.get('ci_low'))}, {_fmt(pdr.get('ci_high'))}]" if pdr else "-")])
+                         _cell(f"{fmt_ci_n(ans.get('accuracy'))} / flip {fmt_ci_n(ans.get('flip_rate'))}" if ans.get("measured") else "-"),
+                         _cell(f"{fmt(ref['chrf']['clean'])} → {fmt(ref['chrf']['perturbed'])}" if ref.get("measured") else "-"),
+                         _cell(f"{fmt(pdr.get('pdr'))} [{fmt(pdr.get('ci_low'))}, {fmt(pdr.get('ci_high'))}]" if pdr else "-")])
         return {"type": "table", "more": 0, "rows": rows,
                 "columns": ["kind", "description", "rate", "changed", "Δ bits/byte", "BLEU to clean", "chrF to clean",
                             "semantic to clean", "accuracy / flip rate", "reference chrF clean → perturbed",
@@ -504,8 +485,8 @@ def _robustness_entry(inp: Input, warnings: list[str]) -> dict[str, Any]:
         for e in adv["examples"][:5]:
             if isinstance(e, dict) and isinstance(e.get("greedy"), dict):
                 adv_examples.append({"prompt_id": e.get("prompt_id"), "objective": e.get("objective"),
-                                     "scores": f"clean {_fmt(e.get('clean_score'))}, greedy {_fmt(e['greedy'].get('score'))}, "
-                                               f"random {_fmt((e.get('random') or {}).get('score'))}",
+                                     "scores": f"clean {fmt(e.get('clean_score'))}, greedy {fmt(e['greedy'].get('score'))}, "
+                                               f"random {fmt((e.get('random') or {}).get('score'))}",
                                      "edits": ", ".join(map(str, e["greedy"].get("edits") or [])),
                                      "clean_prompt": str(e.get("clean_prompt", "")), "prompt": str(e["greedy"].get("prompt", "")),
                                      "clean_output": str(e.get("clean_output", "")), "output": str(e["greedy"].get("output", ""))})
@@ -529,7 +510,7 @@ def _backend(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ensemble_entries(gen_inputs: list[Input], others: list[Input]) -> list[dict[str, Any]]:
-    from ..evaluate.summary import generation_rows
+    from .tables import generation_rows
 
     by_hash = {}
     for inp in gen_inputs:
@@ -557,7 +538,7 @@ def _ensemble_entries(gen_inputs: list[Input], others: list[Input]) -> list[dict
                 if m != "not measured":
                     order.setdefault((g, m), {})[label] = v
         out.append({"label": inp.label, "path": str(inp.path), "signature": inp.signature,
-                    "mode": b.get("mode"), "members": [(str(m.get("model")), _fmt(m.get("weight")), str(m.get("model_hash")))
+                    "mode": b.get("mode"), "members": [(str(m.get("model")), fmt(m.get("weight")), str(m.get("model_hash")))
                                                        for m in members],
                     "missing": missing, "columns": ["group", "metric"] + [c for c, _ in cols],
                     "rows": [[_cell(g), _cell(m)] + [_cell(vals.get(c, "-")) for c, _ in cols] for (g, m), vals in order.items()],

@@ -25,7 +25,7 @@ import functools
 import math
 from typing import Any, Callable, Sequence
 
-from ...errors import ConfigError, DataError, ModelError
+from ...errors import ConfigError, DataError
 from ...runtime import launch_ranks, resolve_device
 from .base import Backend, Capabilities, DecodingSettings, Generation, OnResult, Request
 
@@ -67,8 +67,7 @@ class LocalBackend(Backend):
 
     def __init__(self, path: str, *, dtype: str = "float32", batch_size: int = 64, trust_remote_code: bool = False,
                  truncate_left: bool = False, threads: int | None = None, device: str | None = None):
-        from transformers import AutoTokenizer
-
+        from ...data.tokenizer import load_tokenizer
         from ...models.presets import load_model, model_context, model_hash, quiet_progress
 
         if batch_size < 1:
@@ -78,10 +77,7 @@ class LocalBackend(Backend):
         self.path, self.dtype, self.batch_size, self.truncate_left = str(path), dtype, batch_size, truncate_left
         with quiet_progress():
             self.model = load_model(path, dtype=dtype, trust_remote_code=trust_remote_code)
-            try:
-                self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
-            except Exception as e:
-                raise ModelError(f"{path}: cannot load the tokenizer ({type(e).__name__})") from None
+            self.tokenizer = load_tokenizer(str(path), trust_remote_code=trust_remote_code)
         self.model.to(self.device).eval()
         self.threads = threads
         tok = self.tokenizer

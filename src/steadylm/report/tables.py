@@ -1,28 +1,14 @@
-"""Terminal tables (rich) for ``eval generation`` and ``compare`` results."""
+"""Terminal tables (rich) for ``eval generation``, ``eval robustness`` and ``compare`` results;
+`generation_rows` also gives the report its evaluation table. Reads only the results dicts."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from .format import fmt, fmt_ci
 
-def fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def fmt_ci(d: Any) -> str:
-    if not isinstance(d, dict) or d.get("mean") is None:
-        return "-"
-    lo, hi = d.get("ci_low"), d.get("ci_high")
-    if lo is None or hi is None:
-        return fmt(d["mean"])
-    return f"{fmt(d['mean'])}  [{fmt(lo)}, {fmt(hi)}]"
+__all__ = ["generation_rows", "console", "print_generation_summary", "print_robustness_summary", "print_comparison"]
 
 
 def generation_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -143,3 +129,82 @@ def print_comparison(res: dict[str, Any]) -> None:
         for k, v in res["signature_differences"].items():
             s.add_row(k, fmt(v["a"]), fmt(v["b"]))
         con.print(s)
+
+
+def print_robustness_summary(r: dict[str, Any], out: str | Path) -> None:
+    from rich.table import Table
+
+    con = console()
+    sig = r.get("signature", {})
+    t = Table(title="eval robustness: per perturbation kind", caption=sig.get("string", ""))
+    for c in ("kind", "rate", "changed", "Δ bits/byte", "BLEU to clean", "chrF to clean", "semantic",
+              "accuracy / flip", "ref chrF", "PDR"):
+        t.add_column(c)
+    primary = r.get("aggregate", {}).get("primary_metric")
+    for kind, d in r.get("kinds", {}).items():
+        ps = d.get("perplexity_shift", {})
+        ans = d.get("answers", {})
+        ref = d.get("reference", {})
+        pdr = d.get("pdr", {}).get(primary or "", {}).get("pdr")
+        t.add_row(kind, fmt(d.get("rate")), fmt(d.get("changed_share")),
+                  fmt(ps.get("delta_bits_per_byte")) if ps.get("measured") else "not measured",
+                  fmt_ci(d["similarity"]["bleu"]), fmt_ci(d["similarity"]["chrf"]), fmt_ci(d["similarity"]["semantic"]),
+                  f"{fmt(ans['accuracy']['mean'])} / {fmt(ans['flip_rate']['mean'])}" if ans.get("measured") else "-",
+                  f"{fmt(ref['chrf']['clean'])} → {fmt(ref['chrf']['perturbed'])}" if ref.get("measured") else "-",
+                  fmt(pdr))
+    con.print(t)
+    agg = r.get("aggregate", {})
+    a = Table(title="all kinds")
+    for c in ("metric", "value (mean [95% CI])"):
+        a.add_column(c)
+    for k in ("bleu", "chrf", "semantic", "perplexity_shift_bpb", "flip"):
+        if k in agg:
+            a.add_row(k, fmt_ci(agg[k]))
+    for name, v in agg.get("pdr", {}).items():
+        a.add_row(f"PDR {name}", f"{fmt(v['pdr'])}  [{fmt(v['ci_low'])}, {fmt(v['ci_high'])}]")
+    for name, v in agg.get("worst_case", {}).items():
+        if isinstance(v, dict):
+            a.add_row(f"worst case {name}", f"{fmt_ci(v['worst_case'])}  (clean {fmt_ci(v['clean'])})")
+    con.print(a)
+    adv = r.get("adversarial", {})
+    if adv.get("measured"):
+        s = Table(title=f"adversarial search: {adv['items']} items, budget {adv['budget']} edits, "
+                        f"{adv['queries_per_search']} queries each ({', '.join(adv['objective'])}; lower = worse)")
+        for c in ("search", "final score", "after each step"):
+            s.add_column(c)
+        s.add_row("clean", fmt_ci(adv["clean"]), "")
+        for name in ("greedy", "random"):
+            s.add_row(name, fmt_ci(adv[name]["final"]), "  ".join(fmt(x) for x in adv[name]["curve"]))
+        con.print(s)
+        for e in adv["examples"][:2]:
+            con.print(f"[bold]{e['prompt_id']}[/] ({e['objective']}: clean {fmt(e['clean_score'])}, "
+                      f"greedy {fmt(e['greedy']['score'])}, random {fmt(e['random']['score'])})")
+            con.print(f"  clean prompt:       {e['clean_prompt']!r}\n  adversarial prompt: {e['greedy']['prompt']!r}\n"
+                      f"  clean output:       {e['clean_output']!r}\n  adversarial output: {e['greedy']['output']!r}",
+                      markup=False, highlight=False)
+    else:
+        con.print(f"adversarial search: {adv.get('reason', 'not measured')}")
+    ood = r.get("ood", {})
+    if ood.get("measured"):
+        o = Table(title=f"domain shift: in-domain vs {ood['source']}")
+        for c in ("metric", "in-domain", "OOD", "drop"):
+            o.add_column(c)
+        i_, d_, dr = ood["in_domain"], ood["ood"], ood["drop"]
+        if i_["perplexity"].get("measured"):
+            o.add_row("bits per byte (prompt text)", fmt(i_["perplexity"]["bits_per_byte"]),
+                      fmt(d_["perplexity"]["bits_per_byte"]), f"perplexity ratio {fmt(dr.get('perplexity_ratio'))}")
+        else:
+            o.add_row("perplexity", "not measured", "not measured", "")
+        if i_["self_bleu"].get("measured"):
+            o.add_row("self-BLEU", fmt_ci(i_["self_bleu"]), fmt_ci(d_["self_bleu"]), fmt(dr.get("self_bleu_delta")))
+        for k in ("bleu", "chrf"):
+            if i_["reference"].get("measured") or d_["reference"].get("measured"):
+                o.add_row(f"reference {k}", fmt(i_["reference"].get(k, {}).get("score")),
+                          fmt(d_["reference"].get(k, {}).get("score")), fmt(dr.get(f"reference_{k}_delta")))
+        if i_["accuracy"].get("measured") or d_["accuracy"].get("measured"):
+            o.add_row("accuracy", fmt_ci(i_["accuracy"]), fmt_ci(d_["accuracy"]), fmt(dr.get("accuracy_delta")))
+        con.print(o)
+    cnt = r.get("counts", {})
+    con.print(f"{cnt.get('prompts')} prompts x {cnt.get('kinds')} kinds, {cnt.get('generations')} generations "
+              f"({cnt.get('from_cache')} from cache) in {r.get('elapsed_s')} s -> {Path(out) / 'results.json'}, "
+              f"{Path(out) / 'generations.jsonl'}")
