@@ -137,7 +137,7 @@ def load_documents(source: str) -> Corpus:
     return Corpus(str(source), docs)
 
 
-def _bucket(doc: str) -> float:
+def content_bucket(doc: str) -> float:
     """A stable number in [0, 1) from a document's content (independent of order and seed)."""
     h = hashlib.sha256(doc.encode("utf-8")).digest()
     return int.from_bytes(h[:8], "big") / 2**64
@@ -148,7 +148,7 @@ def split_documents(corpus: Corpus, val_fraction: float) -> tuple[list[str], lis
     same side, whatever the order of the files. At least one document goes to each side."""
     if len(corpus) < 2:
         raise DataError(f"{corpus.name}: needs at least 2 documents to split into train and validation, has {len(corpus)}")
-    order = sorted(range(len(corpus)), key=lambda i: _bucket(corpus.documents[i]))
+    order = sorted(range(len(corpus)), key=lambda i: content_bucket(corpus.documents[i]))
     n_val = min(len(corpus) - 1, max(1, round(len(corpus) * val_fraction)))
     val_idx = set(order[:n_val])
     train = [d for i, d in enumerate(corpus.documents) if i not in val_idx]

@@ -41,11 +41,16 @@ def train_bpe(texts: Iterable[str], vocab_size: int):
 
 
 def load_tokenizer(path: str, *, trust_remote_code: bool = False):
-    """Load the tokenizer saved in a model folder (local files only)."""
+    """Load the tokenizer saved in a model folder, or the one inside a ``.gguf`` file (local files only)."""
     from transformers import AutoTokenizer
 
+    from ..models.presets import gguf_file, quiet_progress
+
+    folder, gguf = gguf_file(path)
     try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+        with quiet_progress():
+            return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code,
+                                                 gguf_file=gguf)
     except Exception as e:  # transformers raises many kinds here
         raise ModelError(f"{path}: cannot load a tokenizer ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
 
