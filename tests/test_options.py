@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from steadylm import cli, config
-from steadylm.config import SECTIONS, TrainConfig, field_types, flag_of, help_of, merge
+from steadylm.config import SECTIONS, TrainConfig, field_types, finetune_defaults, flag_of, help_of, merge
 from steadylm.errors import ConfigError
 
 #: fields without a flag: train has its own --out/--resume, and overrides is a table (--config, --set)
@@ -119,9 +119,10 @@ def test_each_flag_lands_in_its_field(train_parser, section, cls, f):
     path, value = _path(section, f.name), _value(section, cls, f)
     assert value != _default(f)
     cfg = _config_from_argv(train_parser, _argv(flag_of(cls, f.name), value) + _needs_argv(path))
-    expected = merge(TrainConfig().to_dict(), merge(NEEDS.get(path, {}), {"out": "run"}))
-    (expected[section] if section else expected)[f.name] = value
-    assert cfg.to_dict() == expected
+    given = merge(NEEDS.get(path, {}), {"out": "run", **({section: {f.name: value}} if section else {f.name: value})})
+    # the defaults, then the fine-tuning defaults where --model is given, then what the flag set
+    expected = merge(TrainConfig().to_dict(), finetune_defaults(given))
+    assert cfg.to_dict() == expected and (cfg.to_dict()[section] if section else cfg.to_dict())[f.name] == value
 
 
 def test_the_parser_writes_no_defaults(train_parser):
@@ -138,7 +139,7 @@ def test_help_is_the_field_metadata(train_parser):
         text = f.metadata.get("flag_help") or f.metadata["help"]
         assert actions[flag_of(cls, f.name)].help == help_of(cls, f.name), path
         assert help_of(cls, f.name).startswith(text.replace("%", "%%")), path
-    assert actions["--lr"].help == "peak learning rate (default: 0.003)"
+    assert actions["--lr"].help == "peak learning rate (default: 0.003 from scratch; 5e-05 when fine-tuning a --model)"
     assert actions["--beta2"].help == "AdamW beta2 (default: 0.95)"
     assert actions["--clip"].metavar == "{none,norm,value,autoclip,zclip,agc}"
     assert actions["--precision"].metavar == "{fp32,bf16,fp16}"
@@ -161,7 +162,7 @@ def _bad_value(cls: type, f: dataclasses.Field):
 
 
 UNCHECKED = {"data.source", "model.path", "model.trust_remote_code", "device", "optim.decay_embeddings",
-             "clip.zclip_skip_on_spike", "clip.agc_skip_output", "gradient_checkpointing", "compile"}
+             "clip.zclip_skip_on_spike", "clip.agc_skip_output", "gradient_checkpointing", "compile", "fsdp"}
 
 
 @pytest.mark.parametrize("section,cls,f", FIELDS, ids=IDS)
@@ -269,3 +270,19 @@ def test_sweep_set_optim_beta2_names_its_flag():
     assert parse_sets(["optim.beta2=0.9,0.99"]) == {"optim.beta2": (0.9, 0.99)}
     with pytest.raises(ConfigError, match=r"--beta2 must be in \[0, 1\), got 1.5"):
         plan_cells([load_recipe("baseline", "nano")], [1e-3], [0], steps=3, preset="nano", factors=parse_sets(["optim.beta2=1.5"]))
+
+
+@pytest.mark.parametrize("how", ["flag", "accelerate"])
+def test_fsdp_in_one_process_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch, how):
+    """FSDP shards over processes: in one process --fsdp (or accelerate's ACCELERATE_USE_FSDP, what
+    ``accelerate launch --use_fsdp`` sets) is one error line, and no run folder appears."""
+    from conftest import one_line_error
+
+    argv = ["train", "--preset", "nano", "--steps", "1", "--out", str(tmp_path / "run")]
+    if how == "flag":
+        argv.append("--fsdp")
+    else:
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    line = one_line_error(capsys, argv, "FSDP shards the model over several processes")
+    assert ("--fsdp" if how == "flag" else "ACCELERATE_USE_FSDP") in line
+    assert not (tmp_path / "run").exists()

@@ -200,7 +200,7 @@ class ModelConfig:
     """Which model to train: a preset built from a transformers config, or a local HF folder."""
 
     preset: str | None = _f(None, "model preset to build from scratch (default: tiny); see `steadylm presets`")
-    path: str | None = _f(None, "a local Hugging Face causal-LM folder to fine-tune", flag="--model", metavar="DIR")
+    path: str | None = _f(None, "a local Hugging Face causal-LM folder or .gguf file to fine-tune", flag="--model", metavar="DIR")
     dropout: float = _f(0.0, "dropout rate set on every dropout field the model's config has")
     trust_remote_code: bool = _f(False, "allow a model folder's own Python code to run (only if you trust it)")
     overrides: dict = _f({}, "extra fields for the preset's transformers config (TOML table [model.overrides])", flag=None)
@@ -447,6 +447,8 @@ class TrainConfig:
                         choices=PRECISIONS)
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass instead of keeping them (less memory, about a third more compute)")
     compile: bool = _f(False, "compile the model with torch.compile (opt-in; the first steps are slow while it compiles)")
+    fsdp: bool = _f(False, "shard parameters, gradients and optimizer state over the processes with FSDP2 (needs a launcher: "
+                           "accelerate launch or torchrun; accelerate's own FSDP setting, ACCELERATE_USE_FSDP, does the same)")
 
     def __post_init__(self) -> None:
         _positive(self, "z_loss", allow_zero=True)

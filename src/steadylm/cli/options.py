@@ -61,8 +61,8 @@ def add_backend_args(p: argparse.ArgumentParser, *, endpoint: bool = True) -> An
     """``--model`` (any spec `open_backend` takes) and how a local model generates; with
     ``endpoint``, the endpoint group too. Returns the backend group."""
     g = backend_group(p)
-    g.add_argument("--model", required=True, help="a local HF causal-LM folder, openai:http://HOST:PORT/v1#MODEL_NAME, or "
-                                                  "ensemble:DIR1,DIR2[#logprob] (token-level average of local folders)")
+    g.add_argument("--model", required=True, help="a local HF causal-LM folder or .gguf file, openai:http://HOST:PORT/v1#MODEL_NAME, or "
+                                                  "ensemble:DIR1,DIR2[#logprob] (token-level average of local models)")
     g.add_argument("--batch-size", type=int, default=64, help="local models: rows per generate call (default: 64)")
     add_local_args(g)
     g.add_argument("--truncate-left", action="store_true", help="cut prompts longer than the context from the left instead of refusing")

@@ -122,22 +122,42 @@ def _is_causal_lm(config) -> bool:
     return getattr(config, "model_type", None) in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 
-def load_model(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_code: bool = False, dropout: float | None = None):
-    """Load a local HF causal-LM folder with safetensors weights; `ModelError` if it is not one."""
+def gguf_file(path: str | os.PathLike) -> tuple[Path, str | None]:
+    """``(folder, file name)`` of a ``--model`` given as a ``.gguf`` file, ``(path, None)`` for a
+    folder: transformers reads a GGUF file as ``from_pretrained(folder, gguf_file=name)``, model
+    and tokenizer alike (needs the ``gguf`` package). `ModelError` for a missing file or package."""
     p = Path(path)
-    if not p.exists():
-        raise ModelError(f"{path}: no such model folder")
-    if not p.is_dir() or not (p / "config.json").is_file():
-        raise ModelError(f"{path}: not a Hugging Face model folder (no config.json)")
-    if not any(p.glob("*.safetensors")):
-        raise ModelError(f"{path}: no safetensors weights (steadylm does not unpickle .bin files)")
+    if p.suffix.lower() != ".gguf":
+        return p, None
+    if not p.is_file():
+        raise ModelError(f"{path}: no such GGUF file")
+    try:
+        import gguf  # noqa: F401 - transformers needs it to read the file
+    except ImportError:
+        raise ModelError(f"{path}: reading a .gguf file needs the gguf package (pip install gguf)") from None
+    return p.parent, p.name
+
+
+def load_model(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_code: bool = False, dropout: float | None = None):
+    """Load a local HF causal-LM folder with safetensors weights, or a ``.gguf`` file (dequantized
+    to float); `ModelError` if it is not one."""
+    p, gguf = gguf_file(path)
+    if gguf is None:
+        if not p.exists():
+            raise ModelError(f"{path}: no such model folder")
+        if not p.is_dir() or not (p / "config.json").is_file():
+            raise ModelError(f"{path}: not a Hugging Face model folder (no config.json)")
+        if not any(p.glob("*.safetensors")):
+            raise ModelError(f"{path}: no safetensors weights (steadylm does not unpickle .bin files)")
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
-        config = AutoConfig.from_pretrained(p, local_files_only=True, trust_remote_code=trust_remote_code)
+        with quiet_progress():
+            config = AutoConfig.from_pretrained(p, local_files_only=True, trust_remote_code=trust_remote_code, gguf_file=gguf)
     except Exception as e:
-        raise ModelError(f"{path}: unreadable config.json ({type(e).__name__}: {_first_line(e)})") from None
+        what = "a GGUF file transformers can read" if gguf else "config.json"
+        raise ModelError(f"{path}: unreadable {what} ({type(e).__name__}: {_first_line(e)})") from None
     if not _is_causal_lm(config):
         raise ModelError(f"{path}: model type {getattr(config, 'model_type', '?')!r} is not a causal language model")
     qc = getattr(config, "quantization_config", None)
@@ -152,6 +172,8 @@ def load_model(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_
         raise ModelError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
     try:
         with quiet_progress():  # steadylm draws its own bars; transformers' "Loading weights" is noise
+            if gguf is not None:
+                return _from_gguf(p, gguf, config, torch_dtype)
             model = AutoModelForCausalLM.from_pretrained(
                 p, config=config, local_files_only=True, trust_remote_code=trust_remote_code,
                 use_safetensors=True, dtype=torch_dtype,
@@ -159,6 +181,25 @@ def load_model(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_
     except Exception as e:
         raise ModelError(f"{path}: cannot load weights ({type(e).__name__}: {_first_line(e)})") from None
     return model
+
+
+def _from_gguf(folder: Path, name: str, config, dtype):
+    """A GGUF file's weights, dequantized, in a model built from ``config``: transformers marks a
+    GGUF-loaded model as not serializable, and a fine-tune must save checkpoints and ``model/``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config, local_files_only=True, dtype=dtype)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.load_state_dict(loaded.state_dict(), assign=True)
+    for name, buf in loaded.named_buffers():  # non-persistent buffers (rotary inv_freq) are in no state dict
+        owner, _, leaf = name.rpartition(".")
+        model.get_submodule(owner).register_buffer(leaf, buf, persistent=False)
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    model.generation_config = loaded.generation_config
+    return model.eval()
 
 
 def _first_line(e: BaseException) -> str:
@@ -176,9 +217,11 @@ def model_context(config) -> int | None:
 
 
 def model_hash(path: str | os.PathLike) -> str:
-    """sha256 (first 12 hex digits) over the folder's safetensors files, in name order."""
+    """sha256 (first 12 hex digits) over the folder's safetensors files, in name order (or over
+    the ``.gguf`` file)."""
     h = hashlib.sha256()
-    for f in sorted(Path(path).glob("*.safetensors")):
+    p = Path(path)
+    for f in [p] if p.suffix.lower() == ".gguf" else sorted(p.glob("*.safetensors")):
         h.update(f.name.encode())
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 22), b""):
