@@ -91,3 +91,24 @@ def test_unreachable_endpoint(tmp_path, prompts, capsys):
                             "--out", str(tmp_path / "o")], "cannot reach")
     one_line_error(capsys, ["eval", "generation", "--model", "openai:localhost:8000", "--prompts", str(prompts)],
                    "bad endpoint spec 'openai:localhost:8000': no '#MODEL'")
+
+
+def test_a_server_that_ignores_sampling_is_flagged(server, prompts, tmp_path):
+    """A server decoding greedily at T = 1 makes every sample identical and every consistency score
+    perfect: results.json, the terminal and the report say so; a sampling server gets no warning."""
+    args = ["eval", "generation", "--model", server.spec(), "--prompts", str(prompts), "--samples", "2", "--seeds", "0,1",
+            "--max-new-tokens", "6", "--no-determinism", "--bootstrap", "200", "--concurrency", "2"]
+    server.reset()
+    server.greedy_always = True
+    r = run_in_process(*args, "--out", str(tmp_path / "greedy"))
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "greedy" / "results.json").read_text())
+    assert len(res["warnings"]) == 1 and "identical" in res["warnings"][0]
+    assert "warning:" in r.stdout and "ignoring the sampling settings" in " ".join(r.stdout.split())
+    rep = run_in_process("report", str(tmp_path / "greedy"), "-o", str(tmp_path / "r.html"))
+    assert rep.returncode == 0, rep.stderr
+    assert "ignoring the sampling settings" in (tmp_path / "r.html").read_text()
+    server.reset()
+    r = run_in_process(*args, "--out", str(tmp_path / "sampled"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "sampled" / "results.json").read_text())["warnings"] == []

@@ -220,6 +220,7 @@ class GenerationEval(EvalRun):
             results["determinism"] = self._determinism(gens)
         else:
             results["determinism"] = NotMeasured("turned off (--no-determinism)").to_json()
+        results["warnings"] = self._warnings(by_prompt)
         results["per_prompt"] = [{"prompt_id": it.id, **{k: v[it.id] for k, v in per_item.items() if it.id in v}}
                                  for it in self.items]
         results["counts"] = {"prompts": len(self.items), "generations": len(gens) + len(turn_gens),
@@ -227,6 +228,22 @@ class GenerationEval(EvalRun):
         results["elapsed_s"] = round(time.time() - t0, 2)
         self.write_results(results)
         return results
+
+    def _warnings(self, by_prompt) -> list[str]:
+        """What the numbers cannot say for themselves. Every sample identical at T > 0, across
+        samples and seeds, means the sampler is not sampling: a server that decodes greedily
+        whatever it is sent (``transformers serve`` does unless the model's generation config
+        asks for sampling) makes every consistency score perfect."""
+        cfg, st = self.cfg, self.cfg.decoding
+        out: list[str] = []
+        if st.greedy or cfg.samples * len(cfg.seeds) < 2 or not self.items:
+            return out
+        if all(len(set(self._outputs(by_prompt, it))) == 1 for it in self.items):
+            n = cfg.samples * len(cfg.seeds)
+            out.append(f"every prompt's {n} samples at temperature {st.temperature:g} are identical (across samples "
+                       "and seeds): the backend may be ignoring the sampling settings (a server decoding greedily), "
+                       "so the consistency scores say nothing about sampling")
+        return out
 
     def _outputs(self, by_prompt, item: PromptItem) -> list[str]:
         """Every output of one item: seed by seed, sample by sample."""

@@ -632,6 +632,8 @@ def build_context(paths: Sequence[str | Path], *, title: str | None = None) -> d
     warnings: list[str] = []
     for inp in flat:
         warnings.extend(inp.notes)
+        if inp.kind == "generation" and isinstance(inp.data, dict):  # what the evaluation itself warned about
+            warnings.extend(f"{inp.label}: {w}" for w in inp.data.get("warnings") or [] if isinstance(w, str))
     warnings = _version_warnings(flat) + warnings
 
     runs = [i for i in flat if i.kind == "training"]

@@ -100,6 +100,8 @@ def print_generation_summary(r: dict[str, Any], out: str | Path) -> None:
     for k in ("bleu", "chrf", "ter"):
         if isinstance(ref.get(k), dict):
             con.print(f"{k}: {ref[k]['signature']}")
+    for w in r.get("warnings") or []:
+        con.print(f"[yellow]warning:[/] {w}")
     cnt = r.get("counts", {})
     con.print(f"{cnt.get('prompts')} prompts, {cnt.get('generations')} generations ({cnt.get('from_cache')} from cache) "
               f"in {r.get('elapsed_s')} s -> {Path(out) / 'results.json'}, {Path(out) / 'generations.jsonl'}")
