@@ -174,3 +174,23 @@ def test_all_nonfinite_run_plots_without_warnings(tmp_path):
         out = plot_comparison({"diverged": run, "ok": write_run(tmp_path / "ok", monitor=False)}, tmp_path / "c.png")
     for p in [*paths, out]:
         assert_png(p)
+
+
+@pytest.mark.parametrize("values,at_least", [([0.5, 0.62, 0.9], 3), ([0.3, 1.9], 3), ([1e-3, 10.0], 4)])
+def test_log_axis_labels_short_ranges_and_steps_are_whole(values, at_least):
+    """A grad norm that moves within one decade used to get one labelled tick (or none) on the log
+    axis, and a 3-step run had steps 0.5, 1.5 on its x axis."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from steadylm.report.plots import _figure, _log_y
+
+    fig, (ax,) = _figure()
+    steps = list(range(1, len(values) + 1))
+    ax.plot(steps, values)
+    _log_y(ax, values)
+    FigureCanvasAgg(fig).draw()
+    lo, hi = ax.get_ylim()
+    ys = [t.get_text() for t in ax.get_yticklabels() if t.get_text() and lo <= t.get_position()[1] <= hi]
+    assert len(ys) >= at_least, ys
+    xs = [float(t.get_text().replace("\u2212", "-")) for t in ax.get_xticklabels() if t.get_text()]
+    assert xs and all(x == int(x) for x in xs), xs

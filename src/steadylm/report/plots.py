@@ -152,9 +152,12 @@ def _figure(ncols: int = 1):
     # One axis keeps a strip on the right for its legend, so the legend never hides data.
     fig.subplots_adjust(left=0.08, right=0.77 if ncols == 1 else 0.98, bottom=0.1, top=0.87, wspace=0.22)
     axes = fig.subplots(1, ncols, squeeze=False)[0]
+    from matplotlib import ticker
+
     for ax in axes:
         ax.grid(True, alpha=0.3, linewidth=0.6)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))  # steps are whole: no 2.5 on a short run
         ax._steady_tops = {}  # step -> markers already pinned to the top edge there (to stack, not overlap)
     return fig, list(axes)
 
@@ -164,10 +167,15 @@ def _log_y(ax, values: Iterable[float]) -> None:
     Stays linear when ``values`` has nothing positive and finite (a log axis would fail)."""
     from matplotlib import ticker
 
-    if not any(v > 0 and math.isfinite(v) for v in values):
+    seen = [v for v in values if v > 0 and math.isfinite(v)]
+    if not seen:
         return
     ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    # decades alone label a short range once or not at all: label 1-2-5 (or more) within a decade
+    decades = math.log10(max(seen) / min(seen))
+    subs = (1.0,) if decades >= 2 else (1.0, 2.0, 5.0) if decades >= 0.6 else (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
+    ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
     ax.yaxis.set_minor_formatter(ticker.NullFormatter())
 
 
