@@ -273,3 +273,21 @@ def test_a_folder_saved_from_a_gguf_model_trains_and_checkpoints(tmp_path, nano_
                       checkpoint=CheckpointConfig(every=1))
     summary = TrainingRun(cfg).run()
     assert math.isfinite(summary["val_loss"]) and (tmp_path / "run" / "checkpoints" / "step-2" / "model.safetensors").is_file()
+
+
+def test_a_compile_failure_is_one_line_before_the_folder_is_made(tmp_path, monkeypatch, capsys):
+    """torch.compile fails only when the model first runs; steadylm compiles before writing."""
+    from conftest import one_line_error
+
+    real = torch.compile
+
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no C compiler found")
+
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: real(m, backend=broken_backend))
+    torch._dynamo.reset()
+    out = tmp_path / "c"
+    one_line_error(capsys, ["train", "--preset", "nano", "--steps", "2", "--batch-size", "2", "--context", "32",
+                            "--data", "builtin:pydoc", "--compile", "--out", str(out)], "--compile: torch.compile failed")
+    torch._dynamo.reset()
+    assert not out.exists()

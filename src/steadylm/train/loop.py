@@ -346,6 +346,8 @@ class TrainingRun:
         self.model = model  # the module without DDP or compile wrappers (sharded in place under FSDP)
         # what runs the forward pass; before the optimizer is made, since FSDP replaces the parameters
         self.forward_model = self.dp.prepare(model, compile=cfg.compile)
+        if cfg.compile:
+            self._probe_compile()
         groups = param_groups(model, cfg.optim.weight_decay, decay_embeddings=cfg.optim.decay_embeddings)
         self.decayed = groups[0]["params"]
         self.group_names = [g.pop("names") for g in groups]
@@ -370,6 +372,28 @@ class TrainingRun:
         self.lr_low_until = 0  # steps before this one run at --rollback-lr-factor after a rollback
         self.fired: set[str] = set()
         self.n_params = sum(p.numel() for p in model.parameters())
+
+    def _probe_compile(self) -> None:
+        """Compile now, forward and backward on a batch of the run's shape: torch.compile fails
+        only when it first runs (no C compiler, an unsupported op), and that must be one line
+        before the run folder is written, not a traceback at step 1. The kernels are cached for
+        the run; the probe's gradients are dropped and the random streams are left untouched."""
+        import torch
+
+        cfg = self.cfg
+        x = torch.zeros((cfg.optim.batch_size // self.dp.world, cfg.data.context), dtype=torch.long, device=self.device)
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), \
+                    torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+                self.forward_model(input_ids=x, use_cache=False).logits.float().mean().backward()
+        except Exception as e:  # dynamo/inductor raise many kinds
+            first = (str(e).strip().splitlines() or ["no detail"])[0][:200]
+            raise ConfigError(f"--compile: torch.compile failed ({type(e).__name__}: {first}); "
+                              "run without --compile") from None
+        finally:
+            for p in self.model.parameters():
+                p.grad = None
 
     def _device(self, name: str | None):
         return resolve_device(name, local_rank=self.dp.local_rank if self.dp.active else None)
