@@ -70,8 +70,9 @@ FLAGS = {
     "sweep": "--executor --json --keep-run-checkpoints --lrs --out --preset --recipes --seeds --set --steps --threads --workers",
     "sweep clip": "--confirm-seed --executor --json --lr --max-norms --out --preset --recipe --seed --set --steps --threads "
                   "--tolerance --workers",
-    "sweep decoding": "--batch-size --bootstrap --builtin-prompts --dtype --json --max-new-tokens --model --out --prompts --samples "
-                      "--seeds --temperatures --threads --top-k --top-ps --truncate-left --trust-remote-code",
+    "sweep decoding": "--api-key-env --batch-size --bootstrap --builtin-prompts --concurrency --dtype --json --max-new-tokens "
+                      "--max-retries --model --out --prompts --samples --sampling-fields --seeds --temperatures --threads "
+                      "--timeout --top-k --top-ps --truncate-left --trust-remote-code",
     # train: its own flags plus one per config field (tests/test_options.py pins those)
     "train": " ".join(["--config --json --no-plots --out --overwrite --resume", *(o.flag for o in train_options())]),
 }
@@ -112,7 +113,7 @@ GROUPS = [
     ("backend", "--model --batch-size --dtype --threads --trust-remote-code --truncate-left",
      ["eval generation", "eval robustness", "sweep decoding"]),
     ("backend", "--model --batch-size --dtype --threads --trust-remote-code", ["eval perplexity"]),
-    ("endpoint", "--concurrency --api-key-env --timeout --max-retries --sampling-fields", ["eval generation", "eval robustness", "human judge"]),
+    ("endpoint", "--concurrency --api-key-env --timeout --max-retries --sampling-fields", ["eval generation", "eval robustness", "human judge", "sweep decoding"]),
     ("prompts", "--prompts --builtin-prompts", ["eval generation", "eval robustness", "sweep decoding"]),
     ("decoding", "--temperature --top-p --top-k --max-new-tokens", ["eval generation", "eval robustness"]),
     ("decoding", "--top-k --max-new-tokens --seeds", ["sweep decoding", "eval generation"]),
@@ -139,7 +140,7 @@ def test_shared_flags_check_their_values_the_same_way():
 
     types = {(c, s): a.type for c, p in PARSERS.items() for a in p._actions for s in a.option_strings
              if s in ("--threads", "--timeout")}
-    assert len(types) == 10 and set(types.values()) == {threads_arg, timeout_arg}
+    assert len(types) == 11 and set(types.values()) == {threads_arg, timeout_arg}
     assert all(t is (threads_arg if s == "--threads" else timeout_arg) for (_, s), t in types.items())
 
 

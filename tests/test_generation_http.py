@@ -112,3 +112,14 @@ def test_a_server_that_ignores_sampling_is_flagged(server, prompts, tmp_path):
     r = run_in_process(*args, "--out", str(tmp_path / "sampled"))
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "sampled" / "results.json").read_text())["warnings"] == []
+
+
+def test_sweep_decoding_takes_the_endpoint_flags(server, prompts, tmp_path):
+    """sweep decoding evaluates served models too, so it sends requests the way the endpoint flags say."""
+    server.reset()
+    r = run_in_process("sweep", "decoding", "--model", server.spec(), "--prompts", str(prompts), "--temperatures", "0.7",
+                       "--top-ps", "1.0", "--samples", "2", "--max-new-tokens", "4", "--bootstrap", "100",
+                       "--concurrency", "1", "--sampling-fields", "standard", "--out", str(tmp_path / "dec"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert server.max_in_flight == 1 and server.bodies
+    assert all("min_p" not in b and "repetition_penalty" not in b for b in server.bodies)

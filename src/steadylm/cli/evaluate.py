@@ -116,16 +116,6 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_seeds(text: str) -> tuple[int, ...]:
-    try:
-        seeds = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise SteadyError(f"--seeds must be comma-separated integers, got {text!r}") from None
-    if not seeds:
-        raise SteadyError("--seeds needs at least one seed")
-    return seeds
-
-
 def _run_eval(ev: Any, backend: Any) -> dict[str, Any]:
     """Run an evaluation and close it and its backend, however it ends."""
     try:
@@ -144,12 +134,13 @@ def _print_results(results: dict[str, Any], args: argparse.Namespace, print_tabl
 
 def cmd_generation(args: argparse.Namespace) -> int:
     from ..evaluate.generation import GenerationEval, GenerationEvalConfig
+    from ..study.grid import parse_ints
     from ..evaluate.prompts import load_prompts
     from ..report.tables import print_generation_summary
 
     rank, world, _ = launch_ranks()  # before the model loads: a bad RANK is one line, at once
     cfg = GenerationEvalConfig(
-        prompts=args.prompts, samples=args.samples, seeds=_parse_seeds(args.seeds), n_builtin=args.builtin_prompts,
+        prompts=args.prompts, samples=args.samples, seeds=parse_ints(args.seeds, "--seeds"), n_builtin=args.builtin_prompts,
         decoding=decoding_settings(args),
         nli_model=args.nli_model, determinism=not args.no_determinism, environments=not args.no_environments,
         determinism_prompts=args.determinism_prompts, determinism_runs=args.determinism_runs, bootstrap=args.bootstrap)

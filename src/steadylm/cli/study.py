@@ -8,7 +8,7 @@ from typing import Any
 from ..errors import SteadyError
 from ..fsutil import to_json
 from .options import (Parser, add_backend_args, add_bootstrap_arg, add_decoding_args, add_output_args, add_prompts_args,
-                      local_options, threads_arg, use_threads)
+                      endpoint_options, local_options, threads_arg, use_threads)
 
 
 def _add_runner_args(p: argparse.ArgumentParser) -> None:
@@ -76,7 +76,7 @@ def _add_clip(swsub: Any) -> None:
 def _add_decoding(swsub: Any) -> None:
     dc = swsub.add_parser("decoding", help="a temperature x top-p grid of eval generation: consistency vs diversity vs chrF")
     add_bootstrap_arg(dc)
-    add_backend_args(dc, endpoint=False)
+    add_backend_args(dc)
     add_prompts_args(dc, builtin=16)
     g = add_decoding_args(dc, temperature=None, max_new_tokens=32)
     g.add_argument("--temperatures", default="0,0.7,1.0", help="comma-separated temperatures; 0 = greedy (default: 0,0.7,1.0)")
@@ -91,7 +91,7 @@ def cmd_decoding(args: argparse.Namespace) -> int:
     from ..study.decoding import print_decoding_sweep, run_decoding_sweep
     from ..study.grid import parse_floats, parse_ints
 
-    kw = {} if args.model.startswith("openai:") else local_options(args)
+    kw = endpoint_options(args) if args.model.startswith("openai:") else local_options(args)
     use_threads(args.threads)
     res = run_decoding_sweep(args.model, args.out, temperatures=parse_floats(args.temperatures, "--temperatures", positive=False),
                              top_ps=parse_floats(args.top_ps, "--top-ps"), top_k=args.top_k, prompts=args.prompts,
