@@ -16,6 +16,8 @@ def test_finetune_fills_only_what_is_unset():
     mine = TrainConfig.from_dict({"model": {"path": "f"}, "steps": 20, "optim": {"lr": 1e-3},
                                   "clip": {"zclip_warmup": 9}, "guard": {"min_samples": 7}})
     assert (mine.optim.lr, mine.clip.zclip_warmup, mine.guard.min_samples) == (1e-3, 9, 7)
+    lora = TrainConfig.from_dict({"model": {"path": "f"}, "steps": 20, "lora": {"r": 8}})
+    assert lora.optim.lr == 2e-4
     scratch = TrainConfig.from_dict({"steps": 20})
     assert (scratch.optim.lr, scratch.clip.zclip_warmup, scratch.guard.min_samples) == (3e-3, 25, 20)
     # a saved config.json sets every field: a resume keeps what the run started with

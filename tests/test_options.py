@@ -38,11 +38,13 @@ IDS = [_path(s, f.name) for s, _, f in FIELDS]
 
 #: free-text fields: a value they accept (validated later, at run time, or a name from a list)
 TEXT = {"data.source": "corpus.txt", "model.preset": "nano", "model.path": "some/model", "device": "cpu",
-        "guard.inject": ["nan@3"], "threads": 1}
+        "guard.inject": ["nan@3"], "threads": 1, "lora.targets": ["q_proj"], "data.text_field": "body",
+        "data.messages_field": "conversation"}
 #: flags a field's value needs beside it to be valid
 NEEDS = {"guard.rollback_lr_factor": {"guard": {"action": "rollback"}},
          "guard.rollback_lr_steps": {"guard": {"action": "rollback"}},
-         "guard.max_rollbacks": {"guard": {"action": "rollback"}}}
+         "guard.max_rollbacks": {"guard": {"action": "rollback"}},
+         "lora.r": {"model": {"path": "some/model"}}}
 
 
 def _default(f: dataclasses.Field):
@@ -139,12 +141,25 @@ def test_help_is_the_field_metadata(train_parser):
         text = f.metadata.get("flag_help") or f.metadata["help"]
         assert actions[flag_of(cls, f.name)].help == help_of(cls, f.name), path
         assert help_of(cls, f.name).startswith(text.replace("%", "%%")), path
-    assert actions["--lr"].help == "peak learning rate (default: 0.003 from scratch; 5e-05 when fine-tuning a --model)"
+    assert actions["--lr"].help == "peak learning rate (default: 0.003 from scratch; 5e-05 when fine-tuning a --model, 0.0002 with --lora-r)"
     assert actions["--beta2"].help == "AdamW beta2 (default: 0.95)"
     assert actions["--clip"].metavar == "{none,norm,value,autoclip,zclip,agc}"
     assert actions["--precision"].metavar == "{fp32,bf16,fp16}"
     assert actions["--inject"].metavar == "SPEC"
     assert actions["--no-decay-embeddings"].help == "no weight decay on embedding matrices (OLMo 2)"
+
+
+def test_fine_tuning_data_flags(train_parser):
+    """Issue 11's names, and a --data help that says which inputs it takes."""
+    actions = _actions(train_parser)
+    assert actions["--loss-on"].metavar == "{assistant,all}" and actions["--packing"].metavar == "{auto,positions,padding}"
+    assert actions["--text-field"].metavar == actions["--messages-field"].metavar == "NAME"
+    for kind in (".txt", "'text'", "'messages'", "'prompt'/'completion'", ".parquet", "save_to_disk"):
+        assert kind in actions["--data"].help, kind
+    cfg = _config_from_argv(train_parser, ["--loss-on", "all", "--packing", "padding", "--messages-field", "conv"])
+    assert (cfg.data.loss_on, cfg.data.packing, cfg.data.messages_field, cfg.data.text_field) == ("all", "padding", "conv", None)
+    with pytest.raises(ConfigError, match="^give either --text-field or --messages-field, not both$"):
+        _config_from_argv(train_parser, ["--text-field", "a", "--messages-field", "b"])
 
 
 def _bad_value(cls: type, f: dataclasses.Field):
@@ -161,8 +176,9 @@ def _bad_value(cls: type, f: dataclasses.Field):
     return None
 
 
-UNCHECKED = {"data.source", "model.path", "model.trust_remote_code", "device", "optim.decay_embeddings",
-             "clip.zclip_skip_on_spike", "clip.agc_skip_output", "gradient_checkpointing", "compile", "fsdp"}
+UNCHECKED = {"data.source", "data.text_field", "data.messages_field", "model.path", "model.trust_remote_code", "device", "optim.decay_embeddings",
+             "clip.zclip_skip_on_spike", "clip.agc_skip_output", "gradient_checkpointing", "compile", "fsdp",
+             "lora.targets"}  # checked against the model's layers when the run starts (tests/test_lora.py)
 
 
 @pytest.mark.parametrize("section,cls,f", FIELDS, ids=IDS)
@@ -243,7 +259,7 @@ def test_resume_refuses_every_generated_flag(tmp_path, capsys, argv):
                    f"--resume continues a run with its saved settings; drop {argv[0]}")
 
 
-SWEEP_RESERVED = {"optim.lr", "seed", "threads", "guard.inject"}  # set by --lrs/--seeds/--workers; a list is no factor
+SWEEP_RESERVED = {"optim.lr", "seed", "threads", "guard.inject", "lora.targets"}  # set by --lrs/--seeds/--workers; a list is no factor
 
 
 @pytest.mark.parametrize("section,cls,f", [x for x, i in zip(FIELDS, IDS) if i not in SWEEP_RESERVED],
@@ -256,7 +272,7 @@ def test_sweep_set_reaches_every_field(section, cls, f):
     path, value = _path(section, f.name), _value(section, cls, f)
     text = str(value).lower() if isinstance(value, bool) else str(value)
     sets = [f"{path}={text}"] + [f"{s}.{k}={v}" for s, t in NEEDS.get(path, {}).items() for k, v in t.items()]
-    if path == "model.path":  # the recipe names a preset, and the two exclude each other
+    if path == "model.path" or "model" in NEEDS.get(path, {}):  # the recipe names a preset, and the two exclude each other
         sets.append("model.preset=none")
     (cell,) = plan_cells([load_recipe("baseline", "nano")], [1e-3], [0], steps=3, preset="nano", factors=parse_sets(sets))
     assert (cell.config[section] if section else cell.config)[f.name] == value

@@ -216,6 +216,7 @@ def test_corrupt_checkpoint_is_named(short_run, tmp_path, capsys):
     out, _ = short_run
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
+    (copy / "summary.json").unlink()  # as if killed after its last checkpoint: a finished run is not resumed
     w = copy / "checkpoints" / "step-12" / "model.safetensors"
     data = bytearray(w.read_bytes())
     data[len(data) // 2] ^= 0xFF

@@ -89,6 +89,10 @@ class BlockDataset(SeededRows):
         block = self.tokens[index]  # (B, T+1)
         return block[:, :-1], block[:, 1:]
 
+    def real_tokens(self, start: int, size: int) -> int:
+        """Input tokens in samples ``start .. start+size-1``: every slot of a block is real."""
+        return size * self.context
+
     def rows(self, start: int, size: int) -> dict[str, torch.Tensor]:
         """`batch` as the model's keyword arguments plus ``labels``, as `SFTDataset.rows` gives them."""
         x, y = self.batch(start, size)

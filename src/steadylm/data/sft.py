@@ -44,14 +44,13 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from ..config import LOSS_ON, PACKING
 from ..errors import ConfigError, DataError, ModelError
 from ..io import MAX_LINE_BYTES, iter_jsonl
 from .packing import SeededRows
 from .sources import content_bucket
 
 ROLES = ("system", "user", "assistant", "tool")
-LOSS_ON = ("assistant", "all")
-PACKING = ("positions", "padding")
 #: the target that carries no loss (``torch.nn.functional.cross_entropy``'s ``ignore_index``)
 IGNORE = -100
 #: records rendered and tokenized per call of the Rust tokenizer
@@ -461,6 +460,7 @@ class SFTDataset(SeededRows):
         self.row_start = np.cumsum([0] + [len(r) for r in rows])
         self.row_items = np.array([e for r in rows for e in r], dtype=np.int64)
         self.num_blocks = len(rows)
+        self.row_tokens = np.add.reduceat(lengths[self.row_items], self.row_start[:-1])  # real slots per row
         tokens = int(lengths.sum())
         self.report = PackingReport(packing, len(examples), examples.truncated, examples.dropped, len(rows), tokens,
                                     examples.loss_tokens, 1.0 - tokens / (len(rows) * context))
@@ -468,6 +468,18 @@ class SFTDataset(SeededRows):
     @property
     def num_tokens(self) -> int:
         return self.report.tokens
+
+    def real_tokens(self, start: int, size: int) -> int:
+        """Real (non-padding) input tokens in samples ``start .. start+size-1``: what throughput
+        counts. A whole epoch holds every row once, so only partial epochs need the order."""
+        total, g, end = 0, start, start + size
+        while g < end:
+            epoch, i = self.position(g)
+            n = min(end - g, self.num_blocks - i)
+            whole = n == self.num_blocks
+            total += self.report.tokens if whole else int(self.row_tokens[self._permutation(epoch)[i:i + n].numpy()].sum())
+            g += n
+        return total
 
     def rows(self, start: int, size: int) -> dict[str, torch.Tensor]:
         """Samples ``start .. start+size-1``: ``input_ids`` and ``labels`` (B, T) - ``labels`` the
@@ -544,10 +556,11 @@ def load_sft(source: str, tokenizer, *, context: int, seed: int, packing: str = 
              text_field: str | None = None, messages_field: str | None = None, val_fraction: float = 0.1,
              max_line_bytes: int = MAX_LINE_BYTES, folder: str | None = None) -> tuple[SFTDataset, SFTDataset | None]:
     """(training, validation) datasets of ``source``, ready for ``rows(start, size)``; no
-    validation set when ``val_fraction`` is 0."""
+    validation set when ``val_fraction`` is 0 or no example fell on its side (the split is by
+    content hash, record by record, so a small file may have none)."""
     train, val = tokenize_examples(source, tokenizer, context=context, loss_on=loss_on, text_field=text_field,
                                    messages_field=messages_field, val_fraction=val_fraction,
                                    max_line_bytes=max_line_bytes, folder=folder)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     return (SFTDataset(train, context, seed, packing=packing, pad_id=pad),
-            SFTDataset(val, context, seed, packing=packing, pad_id=pad) if val_fraction else None)
+            SFTDataset(val, context, seed, packing=packing, pad_id=pad) if val_fraction and len(val) else None)

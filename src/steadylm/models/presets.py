@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 
 # name -> (transformers config class name, fields, one-line description)
 PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
@@ -44,7 +44,25 @@ PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
         dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=6),
         "Llama-style, ~13 M parameters at vocab 4096",
     ),
+    # Gemma 2 is the stock architecture with logit soft-capping; the caps start off (None, not
+    # Gemma 2's 50 / 30) so that --attn-softcap / --final-softcap alone decide (`apply_softcaps`).
+    # query_pre_attn_scalar = head_dim: the usual 1/sqrt(head_dim) logit scale, as in Llama.
+    "tiny-gemma2": (
+        "Gemma2Config",
+        dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+             head_dim=32, query_pre_attn_scalar=32, attn_logit_softcapping=None, final_logit_softcapping=None),
+        "Gemma-2-style (logit soft-capping with --attn-softcap / --final-softcap), same size as tiny",
+    ),
+    "nano-gemma2": (
+        "Gemma2Config",
+        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+             head_dim=16, query_pre_attn_scalar=16, attn_logit_softcapping=None, final_logit_softcapping=None),
+        "Gemma-2-style soft-capping, same size as nano: for tests",
+    ),
 }
+
+#: transformers config fields that soft-cap logits, ``cap * tanh(x / cap)`` (Gemma 2): what `apply_softcaps` sets
+SOFTCAP_FIELDS = {"attn": "attn_logit_softcapping", "final": "final_logit_softcapping"}
 
 
 #: transformers config fields that are sizes of the network: an override must be positive
@@ -66,6 +84,32 @@ def preset_config_defaults(preset: str) -> tuple[str, dict[str, Any]]:
         raise ModelError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     cls_name = PRESETS[preset][0]
     return cls_name, _config_defaults(cls_name)
+
+
+@functools.cache
+def _declared_fields(config_cls) -> frozenset[str]:
+    # A transformers config keeps any keyword it is given (LlamaConfig(attn_logit_softcapping=5)
+    # is accepted and ignored by the model), so ask a default instance what the class declares.
+    return frozenset(config_cls().to_dict())
+
+
+def apply_softcaps(config, attn: float | None = None, final: float | None = None) -> dict[str, float]:
+    """Set logit soft-capping (``cap * tanh(x / cap)``, Gemma 2) on a transformers config before
+    the model is built from it: ``attn`` on the pre-softmax attention logits, ``final`` on the output
+    logits; None leaves a cap as it is. Returns the fields set. `ConfigError` naming the
+    architecture when its config has no such field (the model would silently ignore it)."""
+    wanted = {SOFTCAP_FIELDS[k]: v for k, v in (("attn", attn), ("final", final)) if v is not None}
+    flag = {SOFTCAP_FIELDS["attn"]: "--attn-softcap", SOFTCAP_FIELDS["final"]: "--final-softcap"}
+    for field, cap in wanted.items():
+        if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0:
+            raise ConfigError(f"{flag[field]} must be a positive number, got {cap!r}")
+        if field not in _declared_fields(type(config)):
+            raise ConfigError(f"{flag[field]}: the {type(config).__name__} architecture "
+                              f"({getattr(config, 'model_type', '?')}) has no {field}; use a preset that does "
+                              f"({', '.join(n for n, (c, _, _) in PRESETS.items() if c == 'Gemma2Config')})")
+    for field, cap in wanted.items():
+        setattr(config, field, float(cap))
+    return {k: float(v) for k, v in wanted.items()}
 
 
 def _dropout_fields(config) -> list[str]:
@@ -189,7 +233,16 @@ def _from_gguf(folder: Path, name: str, config, dtype):
     import torch
     from transformers import AutoModelForCausalLM
 
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config, local_files_only=True, dtype=dtype)
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    # its "Converting and de-quantizing" bar is a bare tqdm that transformers' switch does not reach
+    bar = gguf_utils.tqdm
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config, local_files_only=True,
+                                                      dtype=dtype)
+    finally:
+        gguf_utils.tqdm = bar
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.load_state_dict(loaded.state_dict(), assign=True)

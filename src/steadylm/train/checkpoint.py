@@ -2,7 +2,10 @@
 
 A checkpoint is a folder ``checkpoints/step-N/`` that is at the same time a complete Hugging Face
 model folder (``config.json``, ``model.safetensors``, tokenizer files) - so any checkpoint can be
-evaluated or averaged like a finished model - and the rest of the training state:
+evaluated or averaged like a finished model - and the rest of the training state. A LoRA run's
+checkpoint is a peft adapter folder instead (``adapter_config.json``, ``adapter_model.safetensors``):
+the base is frozen, so writing it at every checkpoint would only cost disk; a resume loads it
+again from ``--model`` (its hash checked against the one recorded when the run started).
 
 * ``optimizer.pt`` - the optimizer's ``state_dict`` (tensors and numbers only; read back with
   ``torch.load(weights_only=True)``, which refuses to unpickle code);
@@ -43,6 +46,8 @@ from ..io import read_json
 _STEP = re.compile(r"^step-(\d+)$")
 SHARDED = "sharded"
 """the folder of a checkpoint that holds the ranks' DCP shards (FSDP)"""
+ADAPTER = "adapter_model.safetensors"
+"""the weights of a LoRA run's checkpoint: peft's adapter file, without the frozen base"""
 
 
 def _sha256(path: Path) -> str:
@@ -235,7 +240,7 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: corrupt checkpoint (state.json is not an object)")
     files = state.get("files")
-    if not isinstance(files, dict) or not ({"model.safetensors", f"{SHARDED}/.metadata"} & files.keys()):
+    if not isinstance(files, dict) or not ({"model.safetensors", ADAPTER, f"{SHARDED}/.metadata"} & files.keys()):
         raise CheckpointError(f"{path}: corrupt checkpoint (state.json lists no files)")
     for name, meta in files.items():
         f = path / name

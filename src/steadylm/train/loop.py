@@ -274,6 +274,7 @@ class TrainingRun:
         import torch
 
         from ..data.packing import BlockDataset
+        from ..data.sft import is_fine_tuning_source
         from ..data.sources import degrade_documents, load_documents, split_documents
         from ..data.tokenizer import encode_documents, load_tokenizer, separator_id, train_bpe
         from ..models.presets import build_model, load_model, model_context
@@ -299,13 +300,17 @@ class TrainingRun:
             if not is_run_dir(self.out):
                 raise ConfigError(f"--out {self.out}: --overwrite only replaces a steadylm run folder, and this is not one")
 
-        corpus = load_documents(cfg.data.source)
-        train_docs, val_docs = split_documents(corpus, cfg.data.val_fraction)
-        # a data-quality factor: the training side only, so validation measures the harm
-        train_docs = degrade_documents(train_docs, corrupt=cfg.data.corrupt_fraction,
-                                       duplicate=cfg.data.duplicate_fraction, seed=cfg.seed)
-        self.val_docs = val_docs
-        self.data_fingerprint = _fingerprint(corpus.documents)
+        d = cfg.data
+        self.sft = is_fine_tuning_source(d.source, text_field=d.text_field, messages_field=d.messages_field)
+        if self.sft:
+            self._check_fine_tuning_options()
+        else:
+            corpus = load_documents(d.source)
+            train_docs, val_docs = split_documents(corpus, d.val_fraction)
+            # a data-quality factor: the training side only, so validation measures the harm
+            train_docs = degrade_documents(train_docs, corrupt=d.corrupt_fraction, duplicate=d.duplicate_fraction, seed=cfg.seed)
+            self.val_docs = val_docs
+            self.data_fingerprint = _fingerprint(corpus.documents)
 
         mcfg = cfg.model
         base = None
@@ -318,8 +323,11 @@ class TrainingRun:
         else:
             tokenizer = train_bpe(train_docs, cfg.data.vocab_size)
         self.tokenizer = tokenizer
-        sep = separator_id(tokenizer)
-        self.data = BlockDataset(encode_documents(tokenizer, train_docs), cfg.data.context, cfg.seed, sep, name=f"{corpus.name} (training split)")
+        if self.sft:
+            self._load_fine_tuning_data(base)
+        else:
+            sep = separator_id(tokenizer)
+            self.data = BlockDataset(encode_documents(tokenizer, train_docs), d.context, cfg.seed, sep, name=f"{corpus.name} (training split)")
 
         if base is not None:
             model = base
@@ -343,6 +351,13 @@ class TrainingRun:
                 model.activation_checkpointing_enable({"use_reentrant": False})
             else:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.lora.r:  # from here on only the adapters train: the optimizer, clippers, guard and monitor see them alone
+            from .lora import add_lora
+
+            if self.dp.fsdp:
+                raise ConfigError("--lora-r under FSDP is not supported; the frozen base is not sharded - run LoRA "
+                                  "in one process or with DDP (accelerate launch without --use_fsdp)")
+            model = add_lora(model, cfg.lora, seed=cfg.seed)
         self.model = model  # the module without DDP or compile wrappers (sharded in place under FSDP)
         # what runs the forward pass; before the optimizer is made, since FSDP replaces the parameters
         self.forward_model = self.dp.prepare(model, compile=cfg.compile)
@@ -372,6 +387,7 @@ class TrainingRun:
         self.lr_low_until = 0  # steps before this one run at --rollback-lr-factor after a rollback
         self.fired: set[str] = set()
         self.n_params = sum(p.numel() for p in model.parameters())
+        self.n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     def _probe_compile(self) -> None:
         """Compile now, forward and backward on a batch of the run's shape: torch.compile fails
@@ -394,6 +410,47 @@ class TrainingRun:
         finally:
             for p in self.model.parameters():
                 p.grad = None
+
+    def _check_fine_tuning_options(self) -> None:
+        """Refuse what fine-tuning data cannot do, before anything slow runs."""
+        from ..config import DataConfig, ModelConfig, flag_of
+
+        d = self.cfg.data
+        if self.cfg.model.path is None:
+            raise ConfigError(f"{flag_of(DataConfig, 'source')} {d.source}: fine-tuning data (chat, prompt/completion, parquet "
+                              f"or a datasets folder) is rendered with a pretrained model's tokenizer: give "
+                              f"{flag_of(ModelConfig, 'path')} (a model folder or .gguf file)")
+        degrade = [flag_of(d, n) for n in ("corrupt_fraction", "duplicate_fraction") if getattr(d, n)]
+        if degrade:
+            raise ConfigError(f"{' and '.join(degrade)} degrade text documents; fine-tuning data ({d.source}) takes neither")
+
+    def _load_fine_tuning_data(self, base) -> None:
+        """``self.data`` and ``self.val_data`` (`SFTDataset`, validation None when no example fell
+        there) from the fine-tuning source, packed as ``--packing`` says or, under ``auto``, by
+        position ids where ``base`` keeps packed examples apart; the fingerprint covers the tokens,
+        loss flags, boundaries and packing."""
+        import sys
+
+        from ..config import DataConfig, flag_of
+        from ..data.sft import load_sft, supports_position_packing
+
+        cfg, d = self.cfg, self.cfg.data
+        packing = d.packing
+        if packing != "padding":
+            fits = supports_position_packing(base)
+            if packing == "auto":
+                packing = "positions" if fits else "padding"
+            elif not fits:
+                raise ConfigError(f"{flag_of(DataConfig, 'packing')} positions: {cfg.model.path} does not keep position-packed "
+                                  "examples apart (its attention ignores restarting position ids); use padding or auto")
+        self.data, self.val_data = load_sft(d.source, self.tokenizer, context=d.context, seed=cfg.seed, packing=packing,
+                                            loss_on=d.loss_on, text_field=d.text_field, messages_field=d.messages_field,
+                                            val_fraction=d.val_fraction)
+        val = self.val_data.examples.fingerprint() if self.val_data is not None else ""
+        self.data_fingerprint = _fingerprint([packing, self.data.examples.fingerprint(), val])
+        if self.val_data is None and self.dp.main:
+            sys.stderr.write(f"steadylm: note: no example of {d.source} fell in the held-out {flag_of(DataConfig, 'val_fraction')} "
+                             f"{d.val_fraction} (split by content), so the run reports no validation loss\n")
 
     def _device(self, name: str | None):
         return resolve_device(name, local_rank=self.dp.local_rank if self.dp.active else None)
@@ -427,8 +484,9 @@ class TrainingRun:
                 self.tokenizer.save_pretrained(self.out / "tokenizer")
                 write_json_atomic(self.out / "run.json", {
                     "steadylm": __version__, "torch": torch.__version__, "data_fingerprint": self.data_fingerprint,
-                    "parameters": self.n_params, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "world_size": self.dp.world, "fsdp": self.dp.fsdp,
+                    "parameters": self.n_params, "trainable_parameters": self.n_trainable,
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "world_size": self.dp.world, "fsdp": self.dp.fsdp,
+                    **({"base_model": self._base_hash()} if self.cfg.lora.r else {}),
                 })
             self.dp.barrier()
             torch.manual_seed(self.cfg.seed + self.dp.rank)  # dropout RNG (each rank its own masks)
@@ -437,6 +495,9 @@ class TrainingRun:
         run = read_json(self.out / "run.json", error=CheckpointError)
         if run.get("data_fingerprint") != self.data_fingerprint:
             raise CheckpointError(f"--resume {self.out}: the data in {self.cfg.data.source} changed since the run started")
+        if self.cfg.lora.r and run.get("base_model") != self._base_hash():  # the checkpoints hold the adapters alone
+            raise CheckpointError(f"--resume {self.out}: the base model {self.cfg.model.path} changed since the run started; "
+                                  "its LoRA adapters were trained on the other one")
         started = run.get("world_size", 1)
         if started != self.dp.world and self.dp.main:
             # sound: the global batch and its order do not depend on the number of processes
@@ -454,6 +515,11 @@ class TrainingRun:
         self.start_step = step
         self.elapsed_before = float(state.get("seconds", 0.0))
         self.fired = set(state.get("fired", []))
+
+    def _base_hash(self) -> str:
+        from ..models.presets import model_hash
+
+        return model_hash(self.cfg.model.path)
 
     def _hold_folder(self) -> None:
         """Rank 0 locks the run folder (a no-op once held); every rank stops if it could not, so
@@ -481,6 +547,10 @@ class TrainingRun:
         elif self.dp.fsdp:
             raise CheckpointError(f"{path}: written without FSDP (one model.safetensors); continue it without FSDP "
                                   "(no --fsdp, no accelerate launch --use_fsdp)")
+        elif self.cfg.lora.r:  # the adapters alone: the frozen base came from --model
+            from .lora import load_adapter_weights
+
+            load_adapter_weights(self.model, path)
         else:
             try:
                 load_weights(self.model, str(path / "model.safetensors"))
@@ -580,10 +650,15 @@ class TrainingRun:
         from .monitor import AttentionProbe, MetricsLogger
         from .spikes import GuardStop
 
+        done = self._finished_summary()
+        if done is not None:
+            self.dp.close()
+            return done
         self.setup()
         self._prepare_folder()
         cfg = self.cfg
         self.injections = {}
+        self.tokens_done = 0  # real input tokens trained on in this session
         for spec in cfg.guard.inject:  # a later spec for the same kind and step overrides an earlier one
             inj = parse_injection(spec)
             self.injections[(inj.kind, inj.step)] = inj
@@ -637,6 +712,21 @@ class TrainingRun:
         finally:
             self.dp.close()
 
+    def _finished_summary(self) -> dict[str, Any] | None:
+        """Under ``--resume``, the summary of a run that already finished (one the guard did not
+        stop), said in one line: validating again would only rewrite it and lose its throughput."""
+        if not self.resuming:
+            return None
+        summary = read_json_object_or_empty(self.out / "summary.json")
+        if not summary or "stopped" in summary:
+            return None
+        if self.dp.main:
+            import sys
+
+            sys.stderr.write(f"steadylm: note: the run in {self.out} finished all {summary.get('steps')} steps; "
+                             "nothing to resume (summary.json is unchanged)\n")
+        return summary
+
     def _lr(self, step: int) -> float:
         """The schedule's learning rate for ``step`` (from 0), lowered for a while after a rollback."""
         lr = lr_at(step, self.cfg)
@@ -647,10 +737,13 @@ class TrainingRun:
 
         Everything steadylm adds (injected faults, the monitor) sits around ``stab.step``; the
         Stabilizer alone turns the loss into an update. Host reads: one per step (the Stabilizer's),
-        more only on monitor steps."""
+        more only on monitor steps. A micro-batch's loss (and z-loss, and the monitor's log Z) is
+        the mean over its loss-carrying targets (labels other than -100: every target of text
+        blocks); micro-batches are weighted equally, whatever their count of loss tokens."""
         import torch
         import torch.nn.functional as F
 
+        from ..data.sft import IGNORE
         from .regularize import l1_penalty, l2_penalty
         from .spikes import GuardStop
 
@@ -669,23 +762,26 @@ class TrainingRun:
             self.probe.armed = watch
         self.hooks.arm(watch=watch, spike=fire["spike"].factor if "spike" in fire else None)
         first_sample = (n - 1) * A * B + self.data_offset
+        tokens = self.data.real_tokens(first_sample, A * B)  # real ones: fine-tuning rows hold padding
         penalized = bool(cfg.optim.l2 or cfg.optim.l1)
         z_sum = torch.zeros((), device=dev) if cfg.z_loss else None
         extras: dict[str, torch.Tensor] = {}
         for micro in range(A):
-            x, y = self.data.batch(first_sample + micro * B, B)  # (B, T) each
+            batch = self.data.rows(first_sample + micro * B, B)  # input_ids, labels (B, T); position_ids if packed
             if dp.active:  # this rank's equal share of the global batch
-                x, y = x[dp.rank::dp.world], y[dp.rank::dp.world]  # (B/world, T)
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                batch = {k: v[dp.rank::dp.world] for k, v in batch.items()}  # (B/world, T) each
+            batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+            y = batch.pop("labels").reshape(-1)  # (B*T,)
             with stab.accumulate(), torch.autocast(dev.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-                logits = self.forward_model(input_ids=x, use_cache=False).logits  # (B, T, V)
+                logits = self.forward_model(**batch, use_cache=False).logits  # (B, T, V)
             flat = logits.reshape(-1, logits.size(-1)).float()  # (B*T, V)
-            loss = F.cross_entropy(flat, y.reshape(-1))
+            loss = F.cross_entropy(flat, y, ignore_index=IGNORE)
             if "nan" in fire:
                 loss = loss * float("nan")
+            on = (y != IGNORE).float() if cfg.z_loss or (watch and micro == 0) else None  # (B*T,) 1 on loss tokens
             aux = None
             if cfg.z_loss:
-                z = flat.logsumexp(-1).pow(2).mean()  # log^2 Z per token
+                z = (flat.logsumexp(-1).pow(2) * on).sum() / on.sum()  # log^2 Z per loss token
                 aux = cfg.z_loss * z
                 z_sum += z.detach()
             if micro == 0 and penalized:  # once per step: A x, as the step divides by A
@@ -694,23 +790,24 @@ class TrainingRun:
                 extras["penalty"] = penalty.detach()
             if watch and micro == 0:
                 log_z = flat.detach().logsumexp(-1)  # (B*T,)
-                extras.update(log_z_mean=log_z.mean(), log_z_max=log_z.max())
+                extras.update(log_z_mean=(log_z * on).sum() / on.sum(), log_z_max=log_z.masked_fill(on == 0, -math.inf).max())
             if micro == A - 1 and z_sum is not None:
                 extras["z_loss"] = dp.mean(z_sum / A)
             try:
                 report = stab.step(loss, aux=aux, extras=extras if micro == A - 1 else None)
             except GuardStop as stop:  # log the step that stopped the run, then stop
-                self._log_step(logger, n, stop.report, lr, first_sample, time.perf_counter() - t0)
+                self._log_step(logger, n, stop.report, lr, first_sample, tokens, time.perf_counter() - t0)
                 raise
-        self._log_step(logger, n, report, lr, first_sample, time.perf_counter() - t0)
+        self.tokens_done += tokens
+        self._log_step(logger, n, report, lr, first_sample, tokens, time.perf_counter() - t0)
         return report
 
-    def _log_step(self, logger, n: int, report, lr: float, first_sample: int, seconds: float) -> None:
+    def _log_step(self, logger, n: int, report, lr: float, first_sample: int, tokens: int, seconds: float) -> None:
         """The step's metrics line and its events (incidents, an fp16 overflow)."""
         cfg = self.cfg
-        B, A, T = cfg.optim.batch_size, cfg.optim.grad_accum, cfg.data.context
+        B, A = cfg.optim.batch_size, cfg.optim.grad_accum
         record = {"step": n, "loss": report.loss, "grad_norm": report.grad_norm, "clipped": report.clipped,
-                  "threshold": report.threshold, "lr": lr, "tokens_per_s": B * A * T / seconds}
+                  "threshold": report.threshold, "lr": lr, "tokens_per_s": tokens / seconds}
         ex = report.extras
         if "penalty" in ex:
             record["penalty"] = ex["penalty"]
@@ -744,8 +841,6 @@ class TrainingRun:
         rank 0 evaluates. Every rank calls it: under FSDP the shards are gathered on rank 0."""
         import torch
 
-        from ..models.presets import save_model
-
         if self.stabilizer.ema_params is not None:  # the EMA weights in the model's place, for a moment
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             raw = [p.detach().clone() for p in params]
@@ -754,12 +849,26 @@ class TrainingRun:
                     p.copy_(e)
                 ema = self._whole_model()
                 if self.dp.main:
-                    save_model(ema, self.tokenizer, self.out / "model-ema")
+                    self._export(ema, "model-ema")
                 for p, r in zip(params, raw):
                     p.copy_(r)
         model = self._whole_model()
         if self.dp.main:
-            save_model(model, self.tokenizer, self.out / "model")
+            model = self._export(model, "model")
+        return model
+
+    def _export(self, model, name: str):
+        """Write ``name/`` as a plain HF folder and return the model it holds. With LoRA the adapter
+        goes to ``adapter/`` (``adapter-ema/``), loadable by peft, and ``name/`` holds a merged copy,
+        so every eval command reads it unchanged."""
+        from ..models.presets import save_model
+
+        if self.cfg.lora.r:
+            from .lora import merged_copy
+
+            save_model(model, self.tokenizer, self.out / name.replace("model", "adapter"))
+            model = merged_copy(model)
+        save_model(model, self.tokenizer, self.out / name)
         return model
 
     def _whole_model(self):
@@ -778,17 +887,13 @@ class TrainingRun:
         return whole.to(self.device)
 
     def finish(self, model, last_loss: float, seconds: float) -> dict[str, Any]:
-        """Rank 0's end of a run: validation perplexity of ``model`` (written to ``model/``) and ``summary.json``."""
-        from ..data.tokenizer import tokenizer_signature
-        from ..evaluate.perplexity import compute_perplexity
-        from ..models.presets import model_hash
+        """Rank 0's end of a run: validation perplexity of ``model`` (written to ``model/``) and ``summary.json``.
+        ``tokens_per_s`` counts the real input tokens of this session's steps (fine-tuning rows hold padding)."""
         from .monitor import read_metrics
 
         cfg = self.cfg
         model_dir = self.out / "model"
-        val = compute_perplexity(model, self.tokenizer, self.val_docs, window=cfg.data.context,
-                                 batch_size=cfg.eval_batch_size, progress=True,
-                                 settings={"model": model_hash(model_dir), "tok": tokenizer_signature(self.tokenizer), "dtype": "float32"})
+        val = self._validate(model, model_dir)
         metrics = read_metrics(self.out)
         if math.isnan(last_loss) and metrics:
             last_loss = metrics[-1]["loss"]
@@ -797,23 +902,52 @@ class TrainingRun:
         summary = {
             "steps": cfg.steps,
             "final_loss": last_loss,
-            "val_loss": val.loss,
-            "val_perplexity": val.token_perplexity,
-            "val_bits_per_byte": val.bits_per_byte,
+            "val_loss": val["loss"],
+            "val_perplexity": val["perplexity"],
+            "val_bits_per_byte": val["bits_per_byte"],
             "seconds": total_seconds,
-            "tokens_per_s": (steps_done * cfg.optim.batch_size * cfg.optim.grad_accum * cfg.data.context / seconds) if steps_done and seconds > 0 else None,
-            "tokens_seen": cfg.steps * cfg.optim.batch_size * cfg.optim.grad_accum * cfg.data.context,
+            "tokens_per_s": self.tokens_done / seconds if self.tokens_done and seconds > 0 else None,
+            "tokens_seen": self.data.real_tokens(0, cfg.steps * cfg.optim.batch_size * cfg.optim.grad_accum),
             "parameters": self.n_params,
+            "trainable_parameters": self.n_trainable,
             "resumed_from": self.start_step if self.resuming else None,
             "steps_this_session": steps_done,
             "model": str(model_dir),
-            "val_signature": val.signature,
+            "val_signature": val["signature"],
             **self.incident_summary(),
         }
+        if self.sft:
+            summary["packing"] = self.data.report.as_dict()
         if self.stabilizer.ema_params is not None:
             summary["ema_model"] = str(self.out / "model-ema")
+        if cfg.lora.r:
+            summary["adapter"] = str(self.out / "adapter")
         write_json_atomic(self.out / "summary.json", summary)
         return summary
+
+    def _validate(self, model, model_dir: Path) -> dict[str, Any]:
+        """Held-out loss, perplexity, bits per byte (text only) and signature: `compute_perplexity`
+        over the validation documents, or for fine-tuning data `heldout_loss` over the held-out
+        examples' loss tokens (all None when no example was held out)."""
+        from .. import __version__
+        from ..data.sft import heldout_loss
+        from ..data.tokenizer import tokenizer_signature
+        from ..evaluate.perplexity import compute_perplexity
+        from ..models.presets import model_hash
+
+        cfg = self.cfg
+        settings = {"model": model_hash(model_dir), "tok": tokenizer_signature(self.tokenizer), "dtype": "float32"}
+        if not self.sft:
+            val = compute_perplexity(model, self.tokenizer, self.val_docs, window=cfg.data.context,
+                                     batch_size=cfg.eval_batch_size, progress=True, settings=settings)
+            return {"loss": val.loss, "perplexity": val.token_perplexity, "bits_per_byte": val.bits_per_byte,
+                    "signature": val.signature}
+        if self.val_data is None:
+            return {"loss": None, "perplexity": None, "bits_per_byte": None, "signature": None}
+        loss, n = heldout_loss(model, self.val_data, batch_size=cfg.eval_batch_size)
+        settings.update(heldout=cfg.data.loss_on, targets=n, context=cfg.data.context, packing=self.data.report.packing)
+        return {"loss": loss, "perplexity": math.inf if loss > 700 else math.exp(loss), "bits_per_byte": None,
+                "signature": "|".join([f"steadylm:{__version__}", *(f"{k}:{v}" for k, v in settings.items())])}
 
     def incident_summary(self) -> dict[str, Any]:
         """Counts of incidents, skips and rollbacks, and what the guard did about each injected fault."""

@@ -102,15 +102,23 @@ class AttentionProbe:
     QK-layernorm preventing it. Fast attention kernels never materialise the logits, so on the
     steps it is armed for, this probe recomputes ``q k^T * scaling`` (causal positions only) from
     each attention module's inputs, with the module's own projections, q/k norms and rotary
-    embedding - Llama-, Qwen- and OLMo-style attention in ``transformers``. Other architectures
-    report nothing rather than a wrong number.
+    embedding - Llama-, Qwen- and OLMo-style attention in ``transformers``, LoRA-wrapped projections
+    included. Other architectures report nothing rather than a wrong number.
+
+    ``per_head=True`` also keeps each module's maximum per query head in `heads` (read with
+    `take_heads`): what QK-Clip (`steadylm.train.qkclip`) needs, from the same recomputation.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, *, per_head: bool = False):
         import importlib
 
         self.value = None
         self.armed = False
+        self.per_head = per_head
+        self.heads: dict = {}
+        """attention module -> its max logit per query head, ``(H,)``, since the last `take_heads`"""
+        self.modules: list = []
+        """the attention modules watched, in model order"""
         self._handles = []
         for module in model.modules():
             if not all(hasattr(module, a) for a in ("q_proj", "k_proj", "head_dim")):
@@ -120,6 +128,7 @@ class AttentionProbe:
             if rope is None:
                 continue
             self._handles.append(module.register_forward_pre_hook(self._hook(rope), with_kwargs=True))
+            self.modules.append(module)
 
     @property
     def supported(self) -> bool:
@@ -135,7 +144,9 @@ class AttentionProbe:
             pe = kwargs.get("position_embeddings", args[1] if len(args) > 1 else None)
             if h is None or pe is None:
                 return None
-            with torch.no_grad():
+            # no_grad, and the RNG as it was: projections with dropout (LoRA's) draw the same masks
+            # again in the module's own forward, so watching a run does not change it
+            with torch.no_grad(), torch.random.fork_rng(devices=[h.device] if h.device.type == "cuda" else []):
                 shape = (*h.shape[:-1], -1, module.head_dim)
                 q = module.q_proj(h).view(shape)
                 k = module.k_proj(h).view(shape)
@@ -148,8 +159,13 @@ class AttentionProbe:
                 logits = (q @ k.transpose(-1, -2)) * scale  # (B, H, T, T)
                 T = logits.shape[-1]
                 causal = torch.ones(T, T, dtype=torch.bool, device=logits.device).tril()
-                m = logits.masked_fill(~causal, float("-inf")).amax()
+                masked = logits.masked_fill(~causal, float("-inf"))
+                m = masked.amax()
                 self.value = m if self.value is None else torch.maximum(self.value, m)
+                if self.per_head:
+                    per = masked.amax(dim=(0, 2, 3))  # (H,)
+                    seen = self.heads.get(module)
+                    self.heads[module] = per if seen is None else torch.maximum(seen, per)
             return None
 
         return hook
@@ -158,6 +174,11 @@ class AttentionProbe:
         """The maximum seen since the last call (None if nothing was measured)."""
         v, self.value = self.value, None
         return None if v is None else float(v)
+
+    def take_heads(self) -> dict:
+        """Per-head maxima since the last call, ``{module: (H,) tensor}`` on the device (no host read)."""
+        heads, self.heads = self.heads, {}
+        return heads
 
     def close(self) -> None:
         for h in self._handles:
