@@ -176,3 +176,28 @@ def test_measure_only_logs_no_infinite_threshold(tmp_path):
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert all("clip_threshold" not in h and h["clipped_steps"] == 0 for h in logs)
+
+
+def test_qk_clip_in_the_trainer(tmp_path):
+    """QK-Clip as a callback hook: the Trainer's own optimizer step, then the heads rescaled.
+    At a learning rate where the stock run's attention logits pass 4 tau, the hooked run stays under 2 tau."""
+    from steadylm.train.monitor import AttentionProbe
+    from steadylm.train.qkclip import QKClip
+
+    def max_logit(model) -> float:
+        probe = AttentionProbe(model)
+        probe.armed = True
+        model.eval()
+        with torch.no_grad():
+            model(Tokens(8, seed=1).rows)
+        return probe.take()
+
+    runs = {}
+    for name in ("stock", "qkclip"):
+        model = nano()
+        hooks = [QKClip(model, 4.0)] if name == "qkclip" else []
+        trainer = transformers.Trainer(model=model, args=targs(tmp_path / name, 25, learning_rate=3e-2),
+                                       train_dataset=Tokens(64), callbacks=[StabilityCallback(NormClip(1.0), hooks=hooks)])
+        trainer.train()
+        runs[name] = max_logit(model)
+    assert runs["stock"] > 4 * 4.0 and runs["qkclip"] <= 2 * 4.0, runs  # on a batch it never trained on

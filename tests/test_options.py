@@ -39,12 +39,13 @@ IDS = [_path(s, f.name) for s, _, f in FIELDS]
 #: free-text fields: a value they accept (validated later, at run time, or a name from a list)
 TEXT = {"data.source": "corpus.txt", "model.preset": "nano", "model.path": "some/model", "device": "cpu",
         "guard.inject": ["nan@3"], "threads": 1, "lora.targets": ["q_proj"], "data.text_field": "body",
-        "data.messages_field": "conversation"}
+        "data.messages_field": "conversation", "model.attn_softcap": 30.0, "model.final_softcap": 30.0, "qk_clip": 8.0}
 #: flags a field's value needs beside it to be valid
 NEEDS = {"guard.rollback_lr_factor": {"guard": {"action": "rollback"}},
          "guard.rollback_lr_steps": {"guard": {"action": "rollback"}},
          "guard.max_rollbacks": {"guard": {"action": "rollback"}},
-         "lora.r": {"model": {"path": "some/model"}}}
+         "lora.r": {"model": {"path": "some/model"}},
+         "optim.spam_reset_every": {"optim": {"optimizer": "spam"}}}
 
 
 def _default(f: dataclasses.Field):
@@ -171,7 +172,7 @@ def _bad_value(cls: type, f: dataclasses.Field):
         return ["bogus"]
     if int in (hint, *getattr(hint, "__args__", ())):
         return -1
-    if hint is float:
+    if float in (hint, *getattr(hint, "__args__", ())):
         return -1.0
     return None
 

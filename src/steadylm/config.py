@@ -224,6 +224,9 @@ class ModelConfig:
     dropout: float = _f(0.0, "dropout rate set on every dropout field the model's config has")
     trust_remote_code: bool = _f(False, "allow a model folder's own Python code to run (only if you trust it)")
     overrides: dict = _f({}, "extra fields for the preset's transformers config (TOML table [model.overrides])", flag=None)
+    attn_softcap: float | None = _f(None, "soft-cap attention logits at CAP, cap * tanh(x / cap) (Gemma 2; architectures "
+                                    "that support it, e.g. --preset tiny-gemma2)", metavar="CAP")
+    final_softcap: float | None = _f(None, "soft-cap the output logits at CAP (Gemma 2)", metavar="CAP")
 
     def __post_init__(self) -> None:
         preset, path = flag_of(self, "preset"), flag_of(self, "path")
@@ -240,6 +243,8 @@ class ModelConfig:
             if self.path is not None:
                 raise ConfigError(f"model.overrides apply to a {preset} only; a {path} folder keeps its own config")
             self._check_overrides()
+        _positive(self, "attn_softcap")
+        _positive(self, "final_softcap")
 
     def _check_overrides(self) -> None:
         """Each override names a field of the preset's transformers config and has the type of that
@@ -260,6 +265,10 @@ class ModelConfig:
                 raise ConfigError(f"{where} must be positive, got {value}")
 
 
+#: ``--optimizer`` choices (`steadylm.train.optimizers` builds them; config imports nothing from train)
+OPTIMIZER_NAMES = ("adamw", "spam", "stable-spam", "muon")
+
+
 @dataclass
 class OptimConfig:
     """AdamW with decoupled weight decay, optional coupled L2/L1 penalties, warm-up + cosine."""
@@ -277,12 +286,20 @@ class OptimConfig:
                                 flag_help="no weight decay on embedding matrices (OLMo 2)")
     l2: float = _f(0.0, "coupled L2 penalty lambda: loss + lambda * sum(w^2) over decayed weights")
     l1: float = _f(0.0, "L1 penalty lambda: loss + lambda * sum(|w|) over decayed weights")
+    optimizer: str = _f("adamw", "adamw (fused torch AdamW); spam or stable-spam (pytorch-optimizer: momentum reset and "
+                        "spike-aware clipping, Huang et al. 2025); muon (torch.optim.Muon on hidden matrices, AdamW on the "
+                        "rest; with --qk-clip this is MuonClip)", choices=OPTIMIZER_NAMES)
+    spam_reset_every: int | None = _f(None, "SPAM / Stable-SPAM: steps between momentum resets (default: the library's, 500 / 1000)")
 
     def __post_init__(self) -> None:
         for name in ("lr", "batch_size", "grad_accum", "eps"):
             _positive(self, name)
         for name in ("warmup_steps", "weight_decay", "l2", "l1"):
             _positive(self, name, allow_zero=True)
+        _one_of(self, "optimizer")
+        _positive(self, "spam_reset_every")
+        if self.spam_reset_every is not None and self.optimizer not in ("spam", "stable-spam"):
+            raise ConfigError(f"{flag_of(self, 'spam_reset_every')} applies to --optimizer spam or stable-spam only")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"{flag_of(self, 'min_lr_ratio')} must be in [0, 1], got {self.min_lr_ratio}")
         for name in ("beta1", "beta2"):
@@ -488,11 +505,14 @@ class TrainConfig:
                         choices=PRECISIONS)
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass instead of keeping them (less memory, about a third more compute)")
     compile: bool = _f(False, "compile the model with torch.compile (opt-in; the first steps are slow while it compiles)")
+    qk_clip: float | None = _f(None, "QK-Clip (Kimi K2): after each update, scale the query and key weights of every head "
+                               "whose max attention logit passed TAU by sqrt(TAU / max) each (off by default)", metavar="TAU")
     fsdp: bool = _f(False, "shard parameters, gradients and optimizer state over the processes with FSDP2 (needs a launcher: "
                            "accelerate launch or torchrun; accelerate's own FSDP setting, ACCELERATE_USE_FSDP, does the same)")
 
     def __post_init__(self) -> None:
         _positive(self, "z_loss", allow_zero=True)
+        _positive(self, "qk_clip")
         _positive(self, "monitor_every", allow_zero=True)
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"{flag_of(self, 'ema')} must be in [0, 1), got {self.ema}")

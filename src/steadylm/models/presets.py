@@ -128,8 +128,10 @@ def set_dropout(config, rate: float) -> list[str]:
 
 
 def build_model(preset: str, *, vocab_size: int, context: int, dropout: float = 0.0, seed: int = 0,
-                bos_token_id: int | None = None, eos_token_id: int | None = None, overrides: dict | None = None):
-    """A freshly initialised causal LM from a preset (deterministic for a given seed)."""
+                bos_token_id: int | None = None, eos_token_id: int | None = None, overrides: dict | None = None,
+                attn_softcap: float | None = None, final_softcap: float | None = None):
+    """A freshly initialised causal LM from a preset (deterministic for a given seed), with the
+    Gemma 2 soft-caps where asked (`apply_softcaps`)."""
     import torch
     import transformers
 
@@ -151,6 +153,7 @@ def build_model(preset: str, *, vocab_size: int, context: int, dropout: float = 
     except (TypeError, ValueError) as e:
         raise ModelError(f"preset {preset!r}: bad config override ({e})") from None
     set_dropout(config, dropout)
+    apply_softcaps(config, attn_softcap, final_softcap)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -182,7 +185,8 @@ def gguf_file(path: str | os.PathLike) -> tuple[Path, str | None]:
     return p.parent, p.name
 
 
-def load_model(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_code: bool = False, dropout: float | None = None):
+def load_model(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_code: bool = False, dropout: float | None = None,
+               attn_softcap: float | None = None, final_softcap: float | None = None):
     """Load a local HF causal-LM folder with safetensors weights, or a ``.gguf`` file (dequantized
     to float); `ModelError` if it is not one."""
     p, gguf = gguf_file(path)
@@ -211,6 +215,7 @@ def load_model(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_
         del config.quantization_config
     if dropout is not None:
         set_dropout(config, dropout)
+    apply_softcaps(config, attn_softcap, final_softcap)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
         raise ModelError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")

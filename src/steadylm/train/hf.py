@@ -71,14 +71,17 @@ class StabilityCallback(TrainerCallback):
     """Clip with any steadylm clipper and guard against spikes/NaNs inside ``transformers.Trainer``.
 
     ``clipper``: default ``NormClip(1.0)``, the Trainer's own default (``NoClip()`` to measure only);
-    ``guard``: a `SpikeGuard` with action ``"skip"`` or ``"off"`` (default none).
+    ``guard``: a `SpikeGuard` with action ``"skip"`` or ``"off"`` (default none); ``hooks``:
+    `Stabilizer` hooks such as `steadylm.train.qkclip.QKClip` (called around the Trainer's own
+    ``optimizer.step()``).
     """
 
-    def __init__(self, clipper=None, guard=None):
+    def __init__(self, clipper=None, guard=None, hooks=()):
         if guard is not None and guard.action == "rollback":
             raise ConfigError("StabilityCallback cannot roll back (the Trainer owns the checkpoints); use SpikeGuard('skip')")
         self.clipper = clipper if clipper is not None else NormClip(1.0)
         self.guard = guard
+        self.hooks = list(hooks)
         self.reports: list[StepReport] = []
         self.incidents: list[Incident] = []
         self._micro: list[tuple[torch.Tensor, bool]] = []  # (loss, scaled by num_items_in_batch)
@@ -170,19 +173,25 @@ class StabilityCallback(TrainerCallback):
         stab = self._stabilizer
         if stab is None or stab.model is not model or stab.optimizer is not optimizer:
             # the Trainer owns backward and optimizer.step(); the Stabilizer clips and judges (one mechanism)
-            stab = self._stabilizer = Stabilizer(model, optimizer, self.clipper, self.guard)
+            stab = self._stabilizer = Stabilizer(model, optimizer, self.clipper, self.guard, hooks=self.hooks)
         stab.steps = state.global_step  # the Trainer's count (a resume starts past 0)
         loss = self._step_loss(args, device=next(model.parameters()).device)
         report = stab.judge(loss)
         if report.skipped:
             for p in model.parameters():
                 p.grad = None  # optimizer.step() then leaves weights and state alone
+        else:
+            stab.call_hooks("before_update")
         self.reports.append(report)
         self.incidents.extend(report.incidents)
         self._since_log["clipped_steps"] += int(report.clipped)
         self._since_log["guard_incidents"] += len(report.incidents)
         self._since_log["skipped_steps"] += int(report.skipped)
         stab.finish(report)  # GuardStop after too many incidents in a row
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self._stabilizer is not None and self.reports and not self.reports[-1].skipped:
+            self._stabilizer.call_hooks("after_update")  # QK-Clip rescales the heads the update pushed past tau
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or "loss" not in logs or not self.reports:

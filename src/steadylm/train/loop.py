@@ -280,6 +280,7 @@ class TrainingRun:
         from ..models.presets import build_model, load_model, model_context
         from .regularize import param_groups
         from .spikes import SpikeGuard
+        from .optimizers import build_optimizer, group_labels
         from .stabilizer import Stabilizer
 
         cfg = self.cfg
@@ -315,7 +316,8 @@ class TrainingRun:
         mcfg = cfg.model
         base = None
         if mcfg.path is not None:  # check the folder before the slower steps
-            base = load_model(mcfg.path, trust_remote_code=mcfg.trust_remote_code, dropout=mcfg.dropout)
+            base = load_model(mcfg.path, trust_remote_code=mcfg.trust_remote_code, dropout=mcfg.dropout,
+                              attn_softcap=mcfg.attn_softcap, final_softcap=mcfg.final_softcap)
         if self.resuming:
             tokenizer = load_tokenizer(str(self.out / "tokenizer"))
         elif mcfg.path is not None:
@@ -340,7 +342,7 @@ class TrainingRun:
             model = build_model(
                 mcfg.preset or "tiny", vocab_size=len(tokenizer), context=cfg.data.context, dropout=mcfg.dropout,
                 seed=cfg.seed, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                overrides=mcfg.overrides,
+                overrides=mcfg.overrides, attn_softcap=mcfg.attn_softcap, final_softcap=mcfg.final_softcap,
             )
         model = model.to(self.device)
         model.train()
@@ -366,18 +368,23 @@ class TrainingRun:
         groups = param_groups(model, cfg.optim.weight_decay, decay_embeddings=cfg.optim.decay_embeddings)
         self.decayed = groups[0]["params"]
         self.group_names = [g.pop("names") for g in groups]
-        self.optimizer = torch.optim.AdamW(
-            groups, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps,
-            fused=True,
-        )
+        if self.dp.fsdp and cfg.optim.optimizer != "adamw":  # sharded checkpoints take one plain torch optimizer
+            raise ConfigError(f"--optimizer {cfg.optim.optimizer} is not supported under FSDP yet; use adamw")
+        self.optimizer = build_optimizer(cfg.optim.optimizer, groups, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+                                         eps=cfg.optim.eps, model=model, reset_every=cfg.optim.spam_reset_every)
         self.clipper = self.build_clipper(cfg.clip, model)
         g = cfg.guard
         self.guard = SpikeGuard(g.action, sigma=g.sigma, window=g.window, min_samples=g.min_samples, max_consecutive=g.max_consecutive)
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
-        self.hooks = _RunHooks(["decay", "no_decay"])  # param_groups order
+        self.hooks = _RunHooks(group_labels(self.optimizer, ["decay", "no_decay"]))  # param_groups order (Muon: 3)
+        self.qk_clip = None
+        if cfg.qk_clip:
+            from .qkclip import QKClip
+
+            self.qk_clip = QKClip(model, cfg.qk_clip)  # a hook after each update; refuses FSDP and LoRA
         self.stabilizer = Stabilizer(
             self.forward_model, self.optimizer, self.clipper, self.guard, accum_steps=cfg.optim.grad_accum,
-            accelerator=self.dp.accelerator, ema=cfg.ema, hooks=[self.hooks], owns_checkpoints=True,
+            accelerator=self.dp.accelerator, ema=cfg.ema, hooks=[self.hooks, *([self.qk_clip] if self.qk_clip else [])], owns_checkpoints=True,
             scaler=torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None,
             stop_hint=f"the checkpoints in {self.out / 'checkpoints'} are intact - lower --lr, clip harder, "
                       "or raise --guard-max-consecutive",
@@ -823,6 +830,8 @@ class TrainingRun:
                 record["log_z_mean"], record["log_z_max"] = ex["log_z_mean"], ex["log_z_max"]
             if self.probe is not None and self.probe.supported:
                 record["max_attn_logit"] = self.probe.take()
+            if self.qk_clip is not None and self.qk_clip.clipped_heads is not None:  # a host read, monitor steps only
+                record["qk_clipped_heads"] = int(self.qk_clip.clipped_heads)
         if report.incidents or report.overflow:
             record["skipped"] = report.skipped
         logger.log(record)

@@ -34,9 +34,10 @@ from collections import ChainMap
 
 import torch
 
+from ..config import OPTIMIZER_NAMES
 from ..errors import ConfigError
 
-OPTIMIZERS = ("adamw", "spam", "stable-spam", "muon")
+OPTIMIZERS = OPTIMIZER_NAMES  # the config's tuple: config imports nothing from train
 """the names `build_optimizer` accepts (``--optimizer``)"""
 
 

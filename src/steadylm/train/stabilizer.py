@@ -317,6 +317,11 @@ class Stabilizer:
                           skipped=skipped, lr=lr, incidents=incidents, post_norm=post, overflow=overflow,
                           loss_scale=scale_v, extras=dict(zip(names, extra_v)))
 
+    def call_hooks(self, name: str) -> None:
+        """Run the hooks' ``before_update`` or ``after_update`` around an optimizer step the caller
+        makes itself (the Trainer callback); `step` calls them on its own."""
+        _call(self.hooks, name, self, self._trained())
+
     def finish(self, report: StepReport) -> None:
         """After the step: the scaler's update, the scheduler, and the guard's stop rule."""
         if self.scaler is not None:
