@@ -67,7 +67,8 @@ FLAGS = {
     "presets": "",
     "report": "inputs --md --out --title -o",
     "soup": "sources --last --out -o",
-    "sweep": "--executor --json --keep-run-checkpoints --lrs --out --preset --recipes --seeds --set --steps --threads --workers",
+    "sweep": "--ablation --executor --json --keep-run-checkpoints --lrs --out --preset --recipes --seeds --set --steps --study "
+             "--threads --workers",
     "sweep clip": "--confirm-seed --executor --json --lr --max-norms --out --preset --recipe --seed --set --steps --threads "
                   "--tolerance --workers",
     "sweep decoding": "--api-key-env --batch-size --bootstrap --builtin-prompts --concurrency --dtype --json --max-new-tokens "

@@ -26,14 +26,22 @@ def add_sweep(sub: Any) -> None:
     sw = sub.add_parser("sweep", help="LR sensitivity and seed variance of training recipes (and: sweep clip, sweep decoding)",
                         description="Train every cell of recipes x learning rates x seeds x --set factors and measure "
                                     "each recipe's LR sensitivity (Wortsman et al. 2023). Subcommands: clip, decoding.")
-    sw.add_argument("--recipes", default="baseline,stabilized",
+    from ..study.studies import STUDIES
+
+    # the grid's flags default to None, so that one given beside --study is seen (and refused); cmd_sweep fills them in
+    sw.add_argument("--study", default=None, choices=list(STUDIES),
+                    help="run a built-in study whose every setting is fixed (only --out, --workers, --threads and "
+                         "--executor may be given with it)")
+    sw.add_argument("--ablation", action="store_true",
+                    help="the stabilizer ablation of --study instability (not yet: needs QK-Clip/SPAM/Muon in recipes)")
+    sw.add_argument("--recipes", default=None,
                     help="comma-separated built-in recipes (baseline, stabilized) or TOML files (default: baseline,stabilized)")
-    sw.add_argument("--lrs", default=",".join(f"{x:g}" for x in DEFAULT_LRS),
+    sw.add_argument("--lrs", default=None,
                     help=f"comma-separated peak learning rates (default: {','.join(f'{x:g}' for x in DEFAULT_LRS)})")
     seeds = ",".join(map(str, DEFAULT_SEEDS))
-    sw.add_argument("--seeds", default=seeds, help=f"comma-separated seeds (default: {seeds})")
-    sw.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"optimizer steps per run (default: {DEFAULT_STEPS})")
-    sw.add_argument("--preset", default=DEFAULT_PRESET,
+    sw.add_argument("--seeds", default=None, help=f"comma-separated seeds (default: {seeds})")
+    sw.add_argument("--steps", type=int, default=None, help=f"optimizer steps per run (default: {DEFAULT_STEPS})")
+    sw.add_argument("--preset", default=None,
                     help=f"model size; 'stabilized' uses its -qknorm variant (default: {DEFAULT_PRESET})")
     _add_runner_args(sw)
     sw.add_argument("--keep-run-checkpoints", action="store_true",
@@ -115,16 +123,36 @@ def cmd_clip(args: argparse.Namespace) -> int:
     return 0
 
 
+#: sweep flags that define the grid (dest -> flag): a --study fixes them all
+_GRID_FLAGS = {"recipes": "--recipes", "lrs": "--lrs", "seeds": "--seeds", "steps": "--steps", "preset": "--preset",
+               "sets": "--set", "keep_run_checkpoints": "--keep-run-checkpoints", "json": "--json"}
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ..study.grid import parse_floats, parse_ints, parse_sets
-    from ..study.sweep import LRSweep, print_sweep
+    from ..study.studies import ABLATION_PENDING, get_study
+    from ..study.sweep import (DEFAULT_LRS, DEFAULT_PRESET, DEFAULT_RECIPES, DEFAULT_SEEDS, DEFAULT_STEPS, LRSweep,
+                               print_sweep)
 
+    if args.ablation:
+        raise SteadyError(ABLATION_PENDING)
     if args.out is None:
         raise SteadyError("sweep needs --out DIR")
-    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
-    sweep = LRSweep(out=args.out, recipes=recipes, lrs=parse_floats(args.lrs, "--lrs"), seeds=parse_ints(args.seeds, "--seeds"),
-                    steps=args.steps, preset=args.preset, workers=args.workers, factors=parse_sets(args.sets),
-                    executor=args.executor, threads=args.threads, keep_checkpoints=args.keep_run_checkpoints)
+    if args.study is not None:
+        given = [flag for dest, flag in _GRID_FLAGS.items() if getattr(args, dest) not in (None, False)]
+        if given:
+            raise SteadyError(f"--study {args.study} fixes every setting; remove {', '.join(given)} "
+                              "(only --out, --workers, --threads and --executor go with it)")
+        sweep = get_study(args.study).sweep(args.out, workers=args.workers, threads=args.threads, executor=args.executor)
+    else:
+        names = ",".join(DEFAULT_RECIPES) if args.recipes is None else args.recipes
+        sweep = LRSweep(out=args.out, recipes=[r.strip() for r in names.split(",") if r.strip()],
+                        lrs=DEFAULT_LRS if args.lrs is None else parse_floats(args.lrs, "--lrs"),
+                        seeds=DEFAULT_SEEDS if args.seeds is None else parse_ints(args.seeds, "--seeds"),
+                        steps=DEFAULT_STEPS if args.steps is None else args.steps,
+                        preset=DEFAULT_PRESET if args.preset is None else args.preset, workers=args.workers,
+                        factors=parse_sets(args.sets), executor=args.executor, threads=args.threads,
+                        keep_checkpoints=args.keep_run_checkpoints)
     res = sweep.run()
     print(to_json(res)) if args.json else print_sweep(res, args.out, seconds=sweep.seconds)
     return 0

@@ -96,7 +96,8 @@ def _fig_uri(fig) -> str:
 
 # --------------------------------------------------------------------------- generic rendering
 # A node is a dict with "type": "kv" (rows of key, cell), "table" (columns, rows of cells, more),
-# "text" (verbatim) or "group" (title, children); the template draws them with one recursive macro.
+# "text" (verbatim), "figure" (uri, alt, title) or "group" (title, children); the template draws them
+# with one recursive macro.
 
 
 def _flatten(d: dict[str, Any], prefix: str = "", depth: int = 0) -> dict[str, Any]:
@@ -339,13 +340,36 @@ def _sweep_entry(inp: Input) -> dict[str, Any]:
         if t is not None:
             children.append({"type": "group", "title": "runs", "children": [t]})
         extra.append({"type": "details", "title": f"{name}: every run, seed variance and options", "children": children})
-    others = {k: v for k, v in inp.data.items() if k not in ("recipes", "signature")}
+    if isinstance(inp.data.get("study"), dict):
+        extra[:0] = _study_nodes(inp.data, inp.label)
+    others = {k: v for k, v in inp.data.items() if k not in ("recipes", "signature", "study")}
     if others:
         extra.append({"type": "details", "title": "grid", "children": generic(others)})
     return {"label": inp.label, "path": str(inp.path), "signature": inp.signature,
             "columns": ["recipe", "description", "LR sensitivity", f"vs {base}", "best loss", "best LR", "runs",
                         "diverged", "learning rates", "seeds", "seed spread (max std)"],
             "rows": rows, "plot": _sweep_plot(recipes), "extra": extra, "others": []}
+
+
+def _study_nodes(data: dict[str, Any], label: str) -> list[dict[str, Any]]:
+    """A named study's (``steadylm sweep --study``) table with intervals over seeds, its goal, and the
+    max attention logit over steps at its highest learning rate, drawn from ``sweep.json``."""
+    from ..study.plots import plot_attention_logits
+    from ..study.studies import goal_lines, study_table
+
+    study = data["study"]
+    columns, rows = study_table(data)
+    children: list[dict[str, Any]] = [{"type": "table", "columns": columns, "rows": [[_cell(c) for c in r] for r in rows],
+                                       "more": 0}]
+    children += [{"type": "text", "text": line} for line in goal_lines(data)]
+    with tempfile.TemporaryDirectory(prefix="steadylm-study-") as tmp:
+        uri = _png_uri(plot_attention_logits(data, Path(tmp) / "attention_logits.png"))
+    children.append({"type": "figure", "uri": uri, "alt": f"max attention logit of {label}",
+                     "title": f"Max attention logit over steps at LR {fmt(study.get('top_lr'))}, one line per seed"})
+    definition = study.get("definition") if isinstance(study.get("definition"), dict) else {}
+    if definition:
+        children.append({"type": "details", "title": "the study's fixed definition", "children": generic(definition)})
+    return [{"type": "group", "title": f"Study {study.get('name', '')}", "children": children}]
 
 
 def _study_entry(inp: Input, warnings: list[str]) -> dict[str, Any]:

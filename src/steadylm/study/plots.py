@@ -36,19 +36,26 @@ def _ok(x: Any) -> bool:
 
 
 def plot_lr_sensitivity(result: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Final loss against learning rate per recipe: each seed a point (a cross where it diverged,
-    drawn at its capped value), the seed mean of the capped loss a line; log x."""
+    """Final loss against learning rate per recipe: each seed a point (a cross where it diverged -
+    non-finite or above its loss at init - drawn at its capped value, the loss at init, so one blown-up
+    run does not squash the axis), the seed mean of the capped loss a line, the seeds' range a band; log x."""
+    from .sweep import ended_diverged
+
     fig, (ax,) = _figure()
     inits = []
     for i, (name, e) in enumerate(result["recipes"].items()):
         color = COLORS[i % len(COLORS)]
-        ok = [(r["lr"], r["final_loss"]) for r in e["runs"] if _ok(r["final_loss"])]
-        bad = [(r["lr"], r["init_loss"]) for r in e["runs"] if not _ok(r["final_loss"]) and _ok(r.get("init_loss"))]
+        ok = [(r["lr"], r["final_loss"]) for r in e["runs"] if not ended_diverged(r)]
+        bad = [(r["lr"], r["init_loss"]) for r in e["runs"] if ended_diverged(r) and _ok(r.get("init_loss"))]
         if ok:
             ax.scatter(*zip(*ok), color=color, alpha=0.45, s=18)
         if bad:
             ax.scatter(*zip(*bad), color=color, marker="x", s=40)
         curve = [(p["lr"], p["loss"]) for p in e["curve"] if _ok(p["loss"])]
+        band = [(row["lr"], row["min"], row["max"]) for row in e.get("seed_variance", {}).get("per_lr", [])
+                if row.get("n", 0) > 1 and _ok(row.get("min")) and _ok(row.get("max"))]
+        if band:  # the seeds' range of the capped loss at each LR
+            ax.fill_between(*zip(*band), color=color, alpha=0.15, lw=0)
         sens = e.get("lr_sensitivity")
         label = f"{name} (LR sens. {sens:.3f})" if _ok(sens) else name
         if curve:
@@ -62,10 +69,35 @@ def plot_lr_sensitivity(result: dict[str, Any], path: str | os.PathLike) -> Path
     ax.set_ylabel("final validation loss (nats/token)")
     sig = result.get("signature", {})
     ax.set_title(f"LR sensitivity: {sig.get('preset', '')}, {sig.get('steps', '')} steps, "
-                 f"seeds {','.join(map(str, sig.get('seeds', [])))} (points: seeds, x: diverged; line: mean of capped loss)",
+                 f"seeds {','.join(map(str, sig.get('seeds', [])))}\n(points: seeds, x: diverged, at its cap; "
+                 "line: mean of capped loss; band: range over seeds)",
                  fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_attention_logits(result: dict[str, Any], path: str | os.PathLike) -> Path:
+    """A study's max attention logit (the monitor's, over all heads and layers) against step at its
+    highest learning rate: one line per seed, one color per recipe; log y, as the logits of an
+    unstable run grow by orders of magnitude (Wortsman et al. 2023, fig. 1)."""
+    fig, (ax,) = _figure()
+    study = result["study"]
+    drawn = False
+    for i, (name, traces) in enumerate(study["attention_at_top_lr"].items()):
+        color = COLORS[i % len(COLORS)]
+        for k, t in enumerate(traces):
+            pts = [(s, v) for s, v in zip(t["step"], t["max_attn_logit"]) if _ok(v) and v > 0]
+            if pts:
+                ax.plot(*zip(*pts), color=color, lw=1.5, alpha=0.8, label=name if k == 0 else None)
+                drawn = True
+    if drawn:
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("max pre-softmax attention logit")
+    ax.set_title(f"study {study['name']}: max attention logit at LR {study['top_lr']:g} (one line per seed)", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
     return _save(fig, path)
 
 
@@ -142,4 +174,4 @@ def plot_decoding_sweep(result: dict[str, Any], path: str | os.PathLike) -> Path
     return _save(fig, path)
 
 
-__all__ = ["plot_clip_sweep", "plot_decoding_sweep", "plot_lr_sensitivity"]
+__all__ = ["plot_attention_logits", "plot_clip_sweep", "plot_decoding_sweep", "plot_lr_sensitivity"]

@@ -26,6 +26,13 @@ What steadylm measures, exactly:
   ``seed_variance`` gives mean/std (sample, ddof=1)/min/max of the capped loss across seeds at each LR,
   and the spread of each seed's own LR sensitivity and best loss.
 
+Beside the seed spread each recipe gets, per `seed_interval`, a 95% t-interval over seeds of each
+seed's own LR sensitivity and best loss (``lr_sensitivity_ci``, ``best_loss_ci``); ``runs_diverged``
+counts the runs the cap replaced (non-finite, stopped, or ending above their loss at init: wider than
+``diverged``, the non-finite ones); and, when the runs were monitored (``monitor_every``), the max
+attention logit and final log Z at the grid's highest LR (``at_top_lr``). A named study
+(``--study``, `steadylm.study.studies`) adds a ``study`` block and ``attention_logits.png``.
+
 Any other training option can be a factor of the grid (``--set optim.batch_size=8,16``); each
 combination of recipe and factors is a separate entry of ``sweep.json``'s ``recipes`` (named
 ``recipe key=value ...``) with its own curve.
@@ -234,6 +241,8 @@ def read_cell(run_dir: str | Path) -> dict[str, Any]:
     val = summary.get("val_loss")
     final = float(val) if is_finite(val) and not stopped else None
     clipped = [bool(r.get("clipped")) for r in steps if "clipped" in r]
+    attn = [r["max_attn_logit"] for r in steps if is_finite(r.get("max_attn_logit"))]
+    log_z = [r["log_z_mean"] for r in steps if is_finite(r.get("log_z_mean"))]
     return {
         "final_loss": final,
         "init_loss": float(init) if is_finite(init) else None,
@@ -247,6 +256,9 @@ def read_cell(run_dir: str | Path) -> dict[str, Any]:
         "clipped_share": sum(clipped) / len(clipped) if clipped else None,
         "seconds": summary.get("seconds"),
         "stopped": summary.get("stopped"),
+        # the monitor's (``monitor_every``): None when the run was not monitored
+        "max_attn_logit": max(attn) if attn else None,
+        "final_log_z": log_z[-1] if log_z else None,
     }
 
 
@@ -264,6 +276,36 @@ def _spread(xs: list[float]) -> dict[str, Any]:
         return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
     return {"n": len(xs), "mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else None,
             "min": min(xs), "max": max(xs)}
+
+
+#: two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (scipy is not a dependency);
+#: the normal's 1.96 beyond
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+SEED_INTERVAL_DEF = ("95% t-interval (mean +- t(0.975, n-1) * std / sqrt(n)) of the n seeds' own values; "
+                     "with 3 seeds t = 4.30, so the interval is wide by design")
+DIVERGED_DEF = ("runs_diverged: final validation loss non-finite (or the guard stopped the run), or above the run's "
+                "loss at init - the runs the cap replaces by their loss at init; diverged: the non-finite ones only")
+
+
+def seed_interval(xs: Sequence[Any]) -> dict[str, Any]:
+    """``{"n", "mean", "low", "high"}``: the 95% t-interval of the mean of one number per seed (no
+    interval from a single seed). Seeds are few, so the t quantile rather than the normal's."""
+    xs = [x for x in xs if is_finite(x)]
+    if not xs:
+        return {"n": 0, "mean": None, "low": None, "high": None}
+    m = statistics.fmean(xs)
+    if len(xs) == 1:
+        return {"n": 1, "mean": m, "low": None, "high": None}
+    half = (_T975[len(xs) - 2] if len(xs) - 1 <= len(_T975) else 1.96) * statistics.stdev(xs) / math.sqrt(len(xs))
+    return {"n": len(xs), "mean": m, "low": m - half, "high": m + half}
+
+
+def ended_diverged(run: dict[str, Any]) -> bool:
+    """Non-finite (or stopped), or ended above its loss at init: see `DIVERGED_DEF`."""
+    final, init = run.get("final_loss"), run.get("init_loss")
+    return not is_finite(final) or (is_finite(init) and final > init)
 
 
 def _sensitivity(curve: dict[float, float]) -> tuple[float | None, float | None, float | None]:
@@ -290,6 +332,7 @@ def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         row = {"lr": lr, **_spread(by_lr[lr])}
         row["diverged"] = sum(r["diverged"] for r in runs if r["lr"] == lr)
         row["final_loss"] = _spread([r["final_loss"] for r in runs if r["lr"] == lr])  # finite ones only, uncapped
+        row["max_attn_logit"] = _spread([r.get("max_attn_logit") for r in runs if r["lr"] == lr])
         per_lr.append(row)
     per_seed = []
     for s in seeds:
@@ -305,6 +348,14 @@ def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "init_loss": statistics.fmean(inits) if inits else None,
         "curve": [{"lr": lr, "loss": curve[lr]} for lr in lrs],
         "diverged": sum(r["diverged"] for r in runs),
+        "runs_diverged": sum(ended_diverged(r) for r in runs),
+        # intervals over seeds of each seed's own LR sensitivity and best loss (SEED_INTERVAL_DEF)
+        "lr_sensitivity_ci": seed_interval([p["lr_sensitivity"] for p in per_seed]),
+        "best_loss_ci": seed_interval([p["best_loss"] for p in per_seed]),
+        # where instability shows first: the monitor's numbers at the grid's highest learning rate
+        "at_top_lr": {"lr": lrs[-1] if lrs else None,
+                      **{k: _spread([r.get(k) for r in runs if lrs and r["lr"] == lrs[-1]])
+                         for k in ("max_attn_logit", "final_log_z")}},
         "seed_variance": {
             "per_lr": per_lr,
             "per_seed": per_seed,
@@ -340,6 +391,8 @@ class LRSweep:
     executor: str = "local"
     threads: int | None = None
     keep_checkpoints: bool = False
+    study: Any = None
+    """the named study (`steadylm.study.studies.Study`) this grid is, if any: adds ``study`` to ``sweep.json``"""
 
     def __post_init__(self) -> None:
         from ..models.presets import PRESETS
@@ -391,9 +444,11 @@ class LRSweep:
         result = self.collect()
         write_json_atomic(self.outp / "sweep.json", result)
         try:
-            from .plots import plot_lr_sensitivity
+            from .plots import plot_attention_logits, plot_lr_sensitivity
 
             plot_lr_sensitivity(result, self.outp / "lr_sensitivity.png")
+            if "study" in result:
+                plot_attention_logits(result, self.outp / "attention_logits.png")
         except ImportError:  # pragma: no cover - matplotlib is a dependency
             pass
         return result
@@ -432,7 +487,12 @@ class LRSweep:
                 diff = (entry["best_loss"] - f["best_loss"]) if is_finite(entry["best_loss"]) and is_finite(f["best_loss"]) else None
                 entry["relative_to"] = {"recipe": f_name, "lr_sensitivity_ratio": ratio, "best_loss_diff": diff}
             out[name] = entry
-        return finite({"recipes": out, "signature": self.signature(), "factors": self.factor_table()})
+        result = {"recipes": out, "signature": self.signature(), "factors": self.factor_table()}
+        if self.study is not None:
+            from .studies import study_block
+
+            result["study"] = study_block(self.study, out, self.runs_dir)
+        return finite(result)
 
     def signature(self) -> dict[str, Any]:
         import platform
@@ -462,6 +522,10 @@ class LRSweep:
             "init_loss": INIT_LOSS_DEF,
             "lr_sensitivity": FORMULA,
             "reference": "Wortsman et al. 2023, arXiv:2309.14322",
+            "runs_diverged": DIVERGED_DEF,
+            "intervals": SEED_INTERVAL_DEF,
+            "monitor_every": base.get("monitor_every", 0),
+            "study": self.study.name if self.study is not None else None,
             "workers": self.workers,
             "threads_per_run": self.threads or None,
             "executor": self.executor,
@@ -470,7 +534,8 @@ class LRSweep:
         sig["string"] = "|".join([f"steadylm:{__version__}", f"data:{sig['data']}@{fingerprint}", f"preset:{self.preset}",
                                   f"steps:{self.steps}", f"ctx:{sig['context']}", f"vocab:{sig['vocab_size']}",
                                   f"bs:{sig['batch_size']}", f"lrs:{','.join(f'{x:g}' for x in self.lrs)}",
-                                  f"seeds:{','.join(map(str, self.seeds))}", "final:val", "init:step1"])
+                                  f"seeds:{','.join(map(str, self.seeds))}", "final:val", "init:step1"]
+                                 + ([f"study:{self.study.name}"] if self.study is not None else []))
         return sig
 
 
@@ -503,6 +568,20 @@ def print_sweep(result: dict[str, Any], out: str | Path, *, seconds: float | Non
             console.print(f"{name} / {rel['recipe']}: LR sensitivity x{rel['lr_sensitivity_ratio']:.2f}, "
                           f"best loss {rel['best_loss_diff']:+.3f}")
     out = Path(out)
+    if "study" in result:
+        from .studies import goal_lines, study_table
+
+        columns, rows = study_table(result)
+        study = result["study"]
+        st = Table(title=f"study {study['name']}: intervals over seeds, monitor at LR {study['top_lr']:g}")
+        for col in columns:
+            st.add_column(col, justify="left" if col == "recipe" else "right")
+        for row in rows:
+            st.add_row(*row)
+        console.print(st)
+        for line in goal_lines(result):
+            console.print(line)
+        console.print(f"attention plot: {out / 'attention_logits.png'}")
     console.print(f"results: {out / 'sweep.json'}  plot: {out / 'lr_sensitivity.png'}  runs: {out / 'runs'}/"
                   + (f"  ({seconds:.0f} s)" if seconds is not None else ""))
 
