@@ -94,7 +94,7 @@ def child(args) -> dict:
             mem["setup_peak_kib"] = _status_kib("VmHWM")
             mem["peak_reset"] = _reset_peak()
 
-        def finish(self, last_loss, seconds):  # not training: no validation, no model export
+        def finish(self, model, last_loss, seconds):  # not training: no validation, no model export
             mem["peak_kib"] = _status_kib("VmHWM")
             return {"last_loss": last_loss, "seconds": seconds}
 

@@ -390,7 +390,7 @@ def _run_benchmark(args, work: Path) -> dict:
             state["bare"] = bare
             state["t_setup"] = time.perf_counter() - t0
 
-        def finish(self, last_loss, seconds):
+        def finish(self, model, last_loss, seconds):
             state["ends"].append(time.perf_counter())
             snaps[("S", s_end_at[total])].append(_cpu_snapshot())
             run_bare(bare_before[total])

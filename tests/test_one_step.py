@@ -57,6 +57,18 @@ class HostReads:
         return {f: n for f, n in self.by_file.items() if not f.startswith(SRC)}
 
 
+def resume_after_cut(straight: Path, cut: Path, last: str = "checkpoints/step-8") -> Path:
+    """A copy of the finished run ``straight`` cut back to before its ``last`` checkpoint (as if
+    killed there), resumed to the end; returns the copy."""
+    import shutil
+
+    shutil.copytree(straight, cut)
+    for gone in (last, "model", "summary.json"):
+        shutil.rmtree(cut / gone) if (cut / gone).is_dir() else (cut / gone).unlink()
+    TrainingRun.resume(cut).run()
+    return cut
+
+
 def small(tmp_path, name, *, steps=8, **kw) -> TrainConfig:
     optim = kw.pop("optim", OptimConfig(batch_size=4))
     guard = kw.pop("guard", GuardConfig(action="skip"))
@@ -149,17 +161,11 @@ def test_fp16_overflow_is_the_scalers_and_a_nan_loss_the_guards(tmp_path):
 def test_fp16_resume_is_bit_exact(tmp_path):
     """A run cut after its step-4 checkpoint and resumed ends bit-equal to the straight run (the
     scaler's state is in the checkpoint: a fresh scale would change every step after the cut)."""
-    import shutil
-
     from safetensors.torch import load_file
 
     overflow = GuardConfig(action="skip", inject=["spike@2:1e39"])  # halves the scale before the cut
     TrainingRun(small(tmp_path, "straight", precision="fp16", every=4, guard=overflow)).run()
-    cut = tmp_path / "cut"
-    shutil.copytree(tmp_path / "straight", cut)
-    for gone in ("checkpoints/step-8", "model", "summary.json"):
-        shutil.rmtree(cut / gone) if (cut / gone).is_dir() else (cut / gone).unlink()
-    TrainingRun.resume(cut).run()
+    cut = resume_after_cut(tmp_path / "straight", tmp_path / "cut")
     a = load_file(tmp_path / "straight" / "model" / "model.safetensors")
     b = load_file(cut / "model" / "model.safetensors")
     for k in a:
