@@ -363,6 +363,7 @@ class TrainingRun:
         self.model = model  # the module without DDP or compile wrappers (sharded in place under FSDP)
         # what runs the forward pass; before the optimizer is made, since FSDP replaces the parameters
         self.forward_model = self.dp.prepare(model, compile=cfg.compile)
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
         if cfg.compile:
             self._probe_compile()
         groups = param_groups(model, cfg.optim.weight_decay, decay_embeddings=cfg.optim.decay_embeddings)
@@ -375,7 +376,6 @@ class TrainingRun:
         self.clipper = self.build_clipper(cfg.clip, model)
         g = cfg.guard
         self.guard = SpikeGuard(g.action, sigma=g.sigma, window=g.window, min_samples=g.min_samples, max_consecutive=g.max_consecutive)
-        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
         self.hooks = _RunHooks(group_labels(self.optimizer, ["decay", "no_decay"]))  # param_groups order (Muon: 3)
         self.qk_clip = None
         if cfg.qk_clip:
@@ -405,7 +405,7 @@ class TrainingRun:
 
         cfg = self.cfg
         x = torch.zeros((cfg.optim.batch_size // self.dp.world, cfg.data.context), dtype=torch.long, device=self.device)
-        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+        dtype = self.autocast_dtype
         try:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), \
                     torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
