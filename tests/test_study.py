@@ -46,10 +46,53 @@ def test_study_refuses_grid_flags(extra, flags, tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
-def test_ablation_refuses_until_its_stabilizers_are_recipes(tmp_path, capsys):
-    one_line_error(capsys, ["sweep", "--study", "instability", "--ablation", "--out", str(tmp_path / "s")],
-                   "--ablation: not yet: needs QK-Clip/SPAM/Muon wired")
+def test_the_ablation_is_fixed_and_its_recipes_differ_by_one_stabilizer(tmp_path, capsys):
+    """The ablation repeats the instability study's grid (one seed) over 16 recipes; each "+X" row is
+    the baseline with exactly one option changed, each "all-X" row is "all" with exactly one changed."""
+    from steadylm.study.studies import ABLATION, ABLATIONS
+
+    assert ABLATIONS == {"instability": ABLATION}
+    assert (ABLATION.preset, ABLATION.steps, ABLATION.lrs, ABLATION.settings) == (
+        INSTABILITY.preset, INSTABILITY.steps, INSTABILITY.lrs, INSTABILITY.settings)
+    assert ABLATION.seeds == (0,) and ABLATION.goal_ratio is None and "before any run" in ABLATION.why
+    assert ABLATION.recipes == (
+        "baseline", "+qk-norm", "+z-loss", "+zclip", "+guard", "+qk-clip", "+spam", "gemma2", "gemma2+softcap",
+        "+muon+qk-clip", "all", "all-qk-norm", "all-z-loss", "all-zclip", "all-guard", "all-spam")
+    sweep = ABLATION.sweep("unused", workers=2)
+    assert len(sweep.cells) == 16 * 5
+    opts = {r.name: r.options for r in sweep.recipe_objs}
+
+    def leaves(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    def changed(a, b):
+        la, lb = leaves(opts[a]), leaves(opts[b])
+        return {k for k in la.keys() | lb.keys() if la.get(k) != lb.get(k)}
+
+    assert opts["baseline"] == {"model": {"preset": "tiny"}, "clip": {"method": "norm", "max_norm": 1.0},
+                                "optim": {"weight_decay": 0.1}, "guard": {"action": "off"}, "z_loss": 0.0}
+    assert changed("baseline", "+qk-norm") == {"model.preset"} and opts["+qk-norm"]["model"]["preset"] == "tiny-qknorm"
+    assert changed("baseline", "+z-loss") == {"z_loss"}
+    assert changed("baseline", "+zclip") == {"clip.method", "clip.max_norm"}
+    assert changed("baseline", "+guard") == {"guard.action"}
+    assert changed("baseline", "+qk-clip") == {"qk_clip"} and opts["+qk-clip"]["qk_clip"] == 100.0
+    assert changed("baseline", "+spam") == {"optim.optimizer", "optim.spam_reset_every"}
+    assert changed("gemma2", "gemma2+softcap") == {"model.attn_softcap", "model.final_softcap"}
+    assert changed("baseline", "+muon+qk-clip") == {"optim.optimizer", "qk_clip"}
+    for part in ("qk-norm", "z-loss", "guard"):
+        assert changed("all", f"all-{part}") == changed("baseline", f"+{part}")
+    assert changed("all", "all-zclip") == changed("baseline", "+zclip")
+    assert changed("all", "all-spam") == changed("baseline", "+spam")
+    assert opts["all"]["qk_clip"] == 100.0 and opts["all"]["model"]["preset"] == "tiny-qknorm"
+    # sweep.json carries the definition, the study's own recipes included
+    assert set(ABLATION.to_dict()["recipe_defs"]) == set(ABLATION.recipes)
+    # --ablation goes with --study, and only a study that has one
+    one_line_error(capsys, ["sweep", "--ablation", "--out", str(tmp_path / "s")], "--ablation goes with --study")
     one_line_error(capsys, ["sweep", "--study", "instabilty", "--out", str(tmp_path / "s")], "invalid choice")
+    assert not (tmp_path / "s").exists()
 
 
 def test_seed_interval_and_diverged_count():

@@ -80,9 +80,14 @@ def _fill_preset(options: dict[str, Any], preset: str, name: str) -> dict[str, A
     return out
 
 
-def load_recipe(spec: str, preset: str = "tiny") -> Recipe:
-    """A built-in recipe by name, or a TOML/JSON file by path; ``{preset}`` filled in."""
-    if spec in BUILTIN_RECIPES:
+def load_recipe(spec: str, preset: str = "tiny",
+                extra: dict[str, tuple[str, dict[str, Any]]] | None = None) -> Recipe:
+    """A built-in recipe by name (or one of ``extra``, a named study's own recipes, in the same
+    shape as `BUILTIN_RECIPES`), or a TOML/JSON file by path; ``{preset}`` filled in."""
+    if extra and spec in extra:
+        desc, options = extra[spec]
+        recipe = Recipe(spec, _fill_preset(options, preset, spec), desc, "study")
+    elif spec in BUILTIN_RECIPES:
         desc, options = BUILTIN_RECIPES[spec]
         recipe = Recipe(spec, _fill_preset(options, preset, spec), desc, "builtin")
     else:
@@ -112,10 +117,11 @@ def load_recipe(spec: str, preset: str = "tiny") -> Recipe:
     return recipe
 
 
-def load_recipes(specs: list[str], preset: str = "tiny") -> list[Recipe]:
+def load_recipes(specs: list[str], preset: str = "tiny",
+                 extra: dict[str, tuple[str, dict[str, Any]]] | None = None) -> list[Recipe]:
     if not specs:
         raise ConfigError("--recipes needs at least one recipe")
-    recipes = [load_recipe(s, preset) for s in specs]
+    recipes = [load_recipe(s, preset, extra) for s in specs]
     names = [r.name for r in recipes]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

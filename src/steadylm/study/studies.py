@@ -15,9 +15,9 @@ divergence; the measure is LR sensitivity over a grid reaching well past the opt
 differ: a ~1 M-parameter model on two CPU cores for 300 steps, not 10^4 steps of models up to 1 B,
 so the effect is expected to be smaller than theirs (see `INSTABILITY`).
 
-The ablation the issue asks for (each stabilizer alone, all, all-but-one) is another `Study` with
-more recipes; it waits until QK-Clip, soft-capping, SPAM and Muon are options of training recipes
-(`ABLATION_PENDING`), and ``--ablation`` refuses until then rather than run something else.
+``instability`` with ``--ablation`` is `ABLATION`: the same grid and model over one recipe per
+stabilizer alone, all of them, and all but one (`ablation_recipes`), so a user can see what each
+one buys on its own and what the set loses without it.
 """
 
 from __future__ import annotations
@@ -28,9 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-
-ABLATION_PENDING = ("--ablation: not yet: needs QK-Clip/SPAM/Muon wired into training recipes "
-                    "(issue #12); run --study instability for baseline vs stabilized")
 
 
 @dataclass(frozen=True)
@@ -46,9 +43,12 @@ class Study:
     seeds: tuple[int, ...]
     settings: dict[str, Any] = field(default_factory=dict)
     """any other training option by its TOML path, the same for every cell"""
-    goal_ratio: float = 0.5
-    """the goal: every other recipe's LR sensitivity at most this share of the reference's, best loss no worse"""
+    goal_ratio: float | None = 0.5
+    """the goal: every other recipe's LR sensitivity at most this share of the reference's, best loss
+    no worse; None: the study sets no goal (the ablation only measures)"""
     why: str = ""
+    recipe_defs: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    """the study's own recipes, in `BUILTIN_RECIPES`'s shape (name -> (description, options))"""
 
     def sweep(self, out: str, *, workers: int, threads: int | None = None, executor: str = "local"):
         """The `LRSweep` that runs this study into ``out``."""
@@ -61,7 +61,9 @@ class Study:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "recipes": list(self.recipes), "preset": self.preset, "steps": self.steps,
                 "lrs": list(self.lrs), "seeds": list(self.seeds), "settings": dict(self.settings),
-                "goal_ratio": self.goal_ratio, "why": self.why}
+                "goal_ratio": self.goal_ratio, "why": self.why,
+                **({"recipe_defs": {k: {"description": d, "options": o} for k, (d, o) in self.recipe_defs.items()}}
+                   if self.recipe_defs else {})}
 
 
 INSTABILITY = Study(
@@ -87,12 +89,114 @@ INSTABILITY = Study(
 )
 """The study of issue #12: is `stabilized` steadier than `baseline` where `baseline` goes unstable?"""
 
+
+#: the ablation's stabilizers, in table order: name -> (what it is, how it is set)
+ABLATION_PARTS: dict[str, str] = {
+    "qk-norm": "QK-norm (RMSNorm on queries and keys: the -qknorm preset, Qwen3-style)",
+    "z-loss": "z-loss 1e-4 (PaLM)",
+    "zclip": "ZClip instead of global-norm clipping at 1.0 (Kumar et al. 2025, its defaults)",
+    "guard": "spike/NaN guard, action skip (OLMo-core's defaults)",
+    "qk-clip": "QK-Clip at tau 100 (Kimi K2's tau)",
+    "spam": "SPAM instead of AdamW (pytorch-optimizer, momentum reset every 100 steps)",
+}
+#: QK-Clip's threshold in the ablation: Kimi K2's (their tau = 100)
+ABLATION_QK_CLIP = 100.0
+#: Gemma 2's own caps (attention 50, output 30)
+ABLATION_SOFTCAPS = {"attn_softcap": 50.0, "final_softcap": 30.0}
+
+
+def _ablation_options(parts: set[str], *, optimizer: str | None = None, gemma2: bool = False,
+                      softcap: bool = False) -> dict[str, Any]:
+    """The training options of baseline plus ``parts`` (names of `ABLATION_PARTS`)."""
+    preset = "{preset}-qknorm" if "qk-norm" in parts else "{preset}-gemma2" if gemma2 else "{preset}"
+    model: dict[str, Any] = {"preset": preset, **(ABLATION_SOFTCAPS if softcap else {})}
+    optim: dict[str, Any] = {"weight_decay": 0.1}
+    if "spam" in parts:
+        optim.update(optimizer="spam", spam_reset_every=100)
+    elif optimizer:
+        optim["optimizer"] = optimizer
+    out: dict[str, Any] = {
+        "model": model,
+        "clip": {"method": "zclip"} if "zclip" in parts else {"method": "norm", "max_norm": 1.0},
+        "optim": optim,
+        "guard": {"action": "skip" if "guard" in parts else "off"},
+        "z_loss": 1e-4 if "z-loss" in parts else 0.0,
+    }
+    if "qk-clip" in parts:
+        out["qk_clip"] = ABLATION_QK_CLIP
+    return out
+
+
+def ablation_recipes() -> dict[str, tuple[str, dict[str, Any]]]:
+    """The ablation's recipes (name -> (description, options)), in table order: the baseline (as the
+    built-in ``baseline``), each stabilizer alone, all of them, and all but each one.
+
+    Two stabilizers do not fit the one-architecture frame, and the table says how:
+    * soft-capping exists only in the Gemma 2 architecture (transformers' Llama and Qwen3 have no
+      such field; Gemma 3 declares it but its attention does not apply it), which also differs from
+      Llama in its norms, MLP and embedding scale. So it gets two rows - Gemma 2 without caps, the
+      architecture's own reference, and Gemma 2 with Gemma 2's caps - and is not in ``all``, whose
+      QK-norm needs the Qwen3 architecture: no stock architecture has both.
+    * QK-Clip scales query/key projection weights, which QK-norm makes irrelevant (`QKClip.moot`): in
+      ``all`` it does nothing, so ``all - qk-clip`` would repeat ``all`` run for run and is left out;
+      ``all - qk-norm`` is where QK-Clip acts.
+    Muon + QK-Clip (MuonClip, Kimi K2) is an alternative optimizer recipe, alone; ``all`` uses SPAM.
+    """
+    parts = list(ABLATION_PARTS)
+    defs: dict[str, tuple[str, dict[str, Any]]] = {
+        "baseline": ("global-norm clipping at 1.0, AdamW weight decay 0.1; no guard, z-loss, QK-norm", _ablation_options(set())),
+    }
+    for p in parts:
+        defs[f"+{p}"] = (f"baseline + {ABLATION_PARTS[p]}", _ablation_options({p}))
+    defs["gemma2"] = ("baseline on the Gemma 2 architecture (no caps): soft-capping's reference",
+                      _ablation_options(set(), gemma2=True))
+    defs["gemma2+softcap"] = ("baseline on Gemma 2 with its caps: attention 50, output 30",
+                              _ablation_options(set(), gemma2=True, softcap=True))
+    defs["+muon+qk-clip"] = ("baseline with Muon (matrices; AdamW for the rest) + QK-Clip tau 100: MuonClip",
+                             _ablation_options({"qk-clip"}, optimizer="muon"))
+    defs["all"] = ("every stabilizer above but soft-capping (needs Gemma 2, no QK-norm there); QK-Clip is moot "
+                   "under QK-norm", _ablation_options(set(parts)))
+    for p in parts:
+        if p == "qk-clip":
+            continue
+        defs[f"all-{p}"] = (f"all without {p}", _ablation_options(set(parts) - {p}))
+    return defs
+
+
+ABLATION = Study(
+    name="instability-ablation",
+    recipes=tuple(ablation_recipes()),
+    preset=INSTABILITY.preset,
+    steps=INSTABILITY.steps,
+    lrs=INSTABILITY.lrs,
+    seeds=(0,),
+    settings=dict(INSTABILITY.settings),
+    goal_ratio=None,
+    recipe_defs=ablation_recipes(),
+    why=(
+        "Fixed before any run of it. The instability study's model, data, steps and learning rates exactly (so its "
+        "baseline row repeats that study's seed 0), over 16 recipes: baseline; each stabilizer alone (QK-norm, z-loss "
+        "1e-4, ZClip, the guard, QK-Clip at Kimi K2's tau 100, SPAM); soft-capping as Gemma 2 with its own caps (50 "
+        "attention, 30 output) beside Gemma 2 without them; Muon + QK-Clip; all; all but each one (not QK-Clip: moot "
+        "under QK-norm, so that row would repeat `all`). SPAM resets its moments every 100 steps, not the library's "
+        "500, which a 300-step run would never reach. One seed (0): 80 runs of ~45 s on 2 workers is ~30-40 minutes; "
+        "three seeds would be two hours. So there are no intervals here; read a difference smaller than the "
+        "instability study's seed intervals as noise."),
+)
+"""The ablation of issue #12: what each stabilizer buys alone, and what the set loses without it."""
+
 STUDIES: dict[str, Study] = {"instability": INSTABILITY}
+#: a study's ablation (``--study NAME --ablation``)
+ABLATIONS: dict[str, Study] = {"instability": ABLATION}
 
 
-def get_study(name: str) -> Study:
+def get_study(name: str, *, ablation: bool = False) -> Study:
     if name not in STUDIES:
         raise ConfigError(f"unknown --study {name!r}; known: {', '.join(STUDIES)}")
+    if ablation:
+        if name not in ABLATIONS:
+            raise ConfigError(f"--study {name} has no --ablation; studies with one: {', '.join(ABLATIONS)}")
+        return ABLATIONS[name]
     return STUDIES[name]
 
 
@@ -114,7 +218,7 @@ def study_block(study: Study, recipes: dict[str, dict[str, Any]], runs_dir: Path
     ref_name = next(iter(recipes))
     ref = recipes[ref_name]
     goal = []
-    for name, e in list(recipes.items())[1:]:
+    for name, e in list(recipes.items())[1:] if study.goal_ratio is not None else ():
         rel = e.get("relative_to") or {}
         ratio, diff = rel.get("lr_sensitivity_ratio"), rel.get("best_loss_diff")
         met = is_finite(ratio) and is_finite(diff) and ratio <= study.goal_ratio and diff <= 0
@@ -136,16 +240,19 @@ def _ci(iv: dict[str, Any] | None, p: int = 3) -> str:
 def study_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """(columns, rows) of a study's table, as text: what the CLI prints and the report shows."""
     f = lambda x, p=3: "-" if x is None else f"{x:.{p}f}"  # noqa: E731
-    columns = ["recipe", "LR sens.", "95% CI (seeds)", "best loss", "95% CI (seeds)", "best LR", "runs diverged",
-               "max attn logit at top LR"]
+    columns = ["recipe", "LR sens.", "95% CI (seeds)", "x ref.", "best loss", "95% CI (seeds)", "best LR",
+               "runs diverged", "max attn logit at top LR", "final log Z at top LR"]
     rows = []
     for name, e in result["recipes"].items():
         top = e.get("at_top_lr") or {}
         attn = top.get("max_attn_logit") or {}
         attn_text = "-" if attn.get("mean") is None else f"{attn['mean']:.3g} (max {attn['max']:.3g})"
-        rows.append([name, f(e.get("lr_sensitivity")), _ci(e.get("lr_sensitivity_ci")), f(e.get("best_loss")),
+        ratio = (e.get("relative_to") or {}).get("lr_sensitivity_ratio")
+        rows.append([name, f(e.get("lr_sensitivity")), _ci(e.get("lr_sensitivity_ci")),
+                     "-" if ratio is None else f"{ratio:.2f}", f(e.get("best_loss")),
                      _ci(e.get("best_loss_ci")), "-" if e.get("best_lr") is None else f"{e['best_lr']:g}",
-                     f"{e.get('runs_diverged', 0)}/{len(e['runs'])}", attn_text])
+                     f"{e.get('runs_diverged', 0)}/{len(e['runs'])}", attn_text,
+                     f((top.get("final_log_z") or {}).get("mean"), 2)])
     return columns, rows
 
 
@@ -160,5 +267,5 @@ def goal_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-__all__ = ["ABLATION_PENDING", "INSTABILITY", "STUDIES", "Study", "attention_trace", "get_study", "goal_lines",
+__all__ = ["ABLATION", "ABLATIONS", "ABLATION_PARTS", "INSTABILITY", "ablation_recipes", "STUDIES", "Study", "attention_trace", "get_study", "goal_lines",
            "study_block", "study_table"]

@@ -412,7 +412,8 @@ class LRSweep:
             raise ConfigError("--lrs needs at least one learning rate")
         if not self.seeds:
             raise ConfigError("--seeds needs at least one seed")
-        self.recipe_objs = load_recipes(list(self.recipes), self.preset)
+        self.recipe_objs = load_recipes(list(self.recipes), self.preset,
+                                        extra=self.study.recipe_defs if self.study is not None else None)
         self.cells = plan_cells(self.recipe_objs, self.lrs, self.seeds, steps=self.steps, preset=self.preset,
                                 factors=self.factors)
         self.outp = Path(self.out)
