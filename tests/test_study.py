@@ -167,3 +167,11 @@ def test_a_miniature_study_end_to_end(monkeypatch, tmp_path):
     html = page.read_text()
     assert "Study instability" in html and "max attn logit at top LR" in html
     assert 'alt="max attention logit of' in html
+
+
+def test_plots_tell_sixteen_recipes_apart():
+    """The ablation's 16 recipes: every one gets its own (color, line style) in the plots."""
+    from steadylm.study.plots import _style
+
+    assert len({_style(i)[:2] for i in range(16)}) == 16
+    assert len({_style(i)[:2] for i in range(9)}) == 9  # failed with colors alone: the 9th repeated the 1st

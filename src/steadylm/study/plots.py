@@ -9,7 +9,23 @@ from pathlib import Path
 from typing import Any
 
 COLORS = ["#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf"]
+#: past len(COLORS) recipes (the ablation has 16) the colors repeat with another line style and marker
+LINESTYLES = [("-", "o"), ("--", "s"), (":", "^")]
 DPI = 100
+
+
+def _style(i: int) -> tuple[str, str, str]:
+    """(color, line style, marker) of the i-th recipe: distinct for up to 24 recipes."""
+    ls, marker = LINESTYLES[(i // len(COLORS)) % len(LINESTYLES)]
+    return COLORS[i % len(COLORS)], ls, marker
+
+
+def _legend(ax, n: int) -> None:
+    """A legend that stays readable with many recipes: two columns, outside the axes, past 8."""
+    if n > len(COLORS):
+        ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=8)
 
 
 def _figure(w: float = 9.0, h: float = 5.0, ncols: int = 1):
@@ -41,10 +57,11 @@ def plot_lr_sensitivity(result: dict[str, Any], path: str | os.PathLike) -> Path
     run does not squash the axis), the seed mean of the capped loss a line, the seeds' range a band; log x."""
     from .sweep import ended_diverged
 
-    fig, (ax,) = _figure()
+    many = len(result["recipes"]) > len(COLORS)
+    fig, (ax,) = _figure(13.0 if many else 9.0, 6.0 if many else 5.0)
     inits = []
     for i, (name, e) in enumerate(result["recipes"].items()):
-        color = COLORS[i % len(COLORS)]
+        color, ls, marker = _style(i)
         ok = [(r["lr"], r["final_loss"]) for r in e["runs"] if not ended_diverged(r)]
         bad = [(r["lr"], r["init_loss"]) for r in e["runs"] if ended_diverged(r) and _ok(r.get("init_loss"))]
         if ok:
@@ -59,7 +76,7 @@ def plot_lr_sensitivity(result: dict[str, Any], path: str | os.PathLike) -> Path
         sens = e.get("lr_sensitivity")
         label = f"{name} (LR sens. {sens:.3f})" if _ok(sens) else name
         if curve:
-            ax.plot(*zip(*curve), color=color, marker="o", lw=2, label=label)
+            ax.plot(*zip(*curve), color=color, ls=ls, marker=marker, lw=2, label=label)
         if _ok(e.get("init_loss")):
             inits.append(e["init_loss"])
     if inits:
@@ -73,7 +90,7 @@ def plot_lr_sensitivity(result: dict[str, Any], path: str | os.PathLike) -> Path
                  "line: mean of capped loss; band: range over seeds)",
                  fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(ax, len(result["recipes"]) + 1)
     return _save(fig, path)
 
 
@@ -81,21 +98,25 @@ def plot_attention_logits(result: dict[str, Any], path: str | os.PathLike) -> Pa
     """A study's max attention logit (the monitor's, over all heads and layers) against step at its
     highest learning rate: one line per seed, one color per recipe; log y, as the logits of an
     unstable run grow by orders of magnitude (Wortsman et al. 2023, fig. 1)."""
-    fig, (ax,) = _figure()
     study = result["study"]
+    n = len(study["attention_at_top_lr"])
+    fig, (ax,) = _figure(13.0 if n > len(COLORS) else 9.0, 6.0 if n > len(COLORS) else 5.0)
     drawn = False
     for i, (name, traces) in enumerate(study["attention_at_top_lr"].items()):
-        color = COLORS[i % len(COLORS)]
+        color, ls, _ = _style(i)
         for k, t in enumerate(traces):
             pts = [(s, v) for s, v in zip(t["step"], t["max_attn_logit"]) if _ok(v) and v > 0]
             if pts:
-                ax.plot(*zip(*pts), color=color, lw=1.5, alpha=0.8, label=name if k == 0 else None)
+                ax.plot(*zip(*pts), color=color, ls=ls, lw=1.5, alpha=0.8, label=name if k == 0 else None)
                 drawn = True
     if drawn:
         ax.set_yscale("log")
-        ax.legend(fontsize=8)
+        _legend(ax, n)
+    from matplotlib import ticker
+
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))  # steps are whole
     ax.set_xlabel("step")
-    ax.set_ylabel("max pre-softmax attention logit")
+    ax.set_ylabel("max pre-softmax attention logit (before any soft-cap)")
     ax.set_title(f"study {study['name']}: max attention logit at LR {study['top_lr']:g} (one line per seed)", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     return _save(fig, path)
