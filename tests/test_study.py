@@ -18,7 +18,7 @@ from steadylm.study.sweep import seed_interval, summarize_runs
 
 def test_the_instability_study_is_fixed():
     """Changing the study's definition changes what its published numbers mean: do it here, on purpose."""
-    assert STUDIES == {"instability": INSTABILITY}
+    assert STUDIES["instability"] is INSTABILITY
     assert INSTABILITY.to_dict() | {"why": ""} == {
         "name": "instability", "recipes": ["baseline", "stabilized"], "preset": "tiny", "steps": 300,
         "lrs": [4e-3, 1.6e-2, 6.3e-2, 0.25, 1.0], "seeds": [0, 1, 2],
@@ -175,3 +175,32 @@ def test_plots_tell_sixteen_recipes_apart():
 
     assert len({_style(i)[:2] for i in range(16)}) == 16
     assert len({_style(i)[:2] for i in range(9)}) == 9  # failed with colors alone: the 9th repeated the 1st
+
+
+def test_the_gpu_study_is_fixed_and_refused_without_a_gpu(monkeypatch, tmp_path, capsys):
+    """The instability study at >= 30 M parameters for one GPU: pinned, and one line on a machine without CUDA."""
+    import torch
+
+    from steadylm.models.presets import build_model
+    from steadylm.study.studies import INSTABILITY_GPU
+
+    assert STUDIES["instability-gpu"] is INSTABILITY_GPU
+    assert INSTABILITY_GPU.to_dict() | {"why": ""} == {
+        "name": "instability-gpu", "recipes": ["baseline", "stabilized"], "preset": "medium", "steps": 500,
+        "lrs": list(INSTABILITY.lrs), "seeds": [0, 1, 2],
+        "settings": {"device": "cuda", "precision": "bf16", "data.context": 256, "optim.batch_size": 16,
+                     "data.vocab_size": 1024, "monitor_every": 10},
+        "goal_ratio": 0.5, "why": ""}
+    for preset in ("medium", "medium-qknorm"):
+        with torch.device("meta"):
+            model = build_model(preset, vocab_size=1024, context=256)
+        assert sum(p.numel() for p in model.parameters()) >= 30e6  # the issue's floor
+    if not torch.cuda.is_available():
+        one_line_error(capsys, ["sweep", "--study", "instability-gpu", "--out", str(tmp_path / "g")],
+                       "--study instability-gpu needs a CUDA GPU")
+        assert not (tmp_path / "g").exists()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the grid itself plans and validates
+    sweep = INSTABILITY_GPU.sweep(str(tmp_path / "unused"), workers=6)
+    cfg = sweep.cells[-1].config
+    assert len(sweep.cells) == 30 and (cfg["device"], cfg["precision"], cfg["model"]["preset"]) == (
+        "cuda", "bf16", "medium-qknorm")

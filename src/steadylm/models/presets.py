@@ -44,6 +44,17 @@ PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
         dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=6),
         "Llama-style, ~13 M parameters at vocab 4096",
     ),
+    "medium": (
+        "LlamaConfig",
+        dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=10, num_attention_heads=8, num_key_value_heads=8),
+        "Llama-style, ~35 M parameters at vocab 1024: the GPU instability study's model",
+    ),
+    "medium-qknorm": (
+        "Qwen3Config",
+        dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=10, num_attention_heads=8, num_key_value_heads=8,
+             head_dim=64),
+        "Qwen3-style QK-norm, same size as medium",
+    ),
     # Gemma 2 is the stock architecture with logit soft-capping; the caps start off (None, not
     # Gemma 2's 50 / 30) so that --attn-softcap / --final-softcap alone decide (`apply_softcaps`).
     # query_pre_attn_scalar = head_dim: the usual 1/sqrt(head_dim) logit scale, as in Llama.
