@@ -13,7 +13,8 @@ from .options import Parser, add_output_args
 def add_soup(sub: Any) -> None:
     sp = sub.add_parser("soup", help="average model weights: a run's newest K checkpoints (LAWA) or several model folders")
     sp.add_argument("sources", metavar="RUN_DIR|FOLDER", nargs="+",
-                    help="one run folder with --last K, or model folders (e.g. RUN/model, RUN/model-ema, fine-tunes)")
+                    help="one run folder with --last K, or model folders or .gguf files (e.g. RUN/model, RUN/model-ema, "
+                         "fine-tunes, their base model's .gguf)")
     sp.add_argument("--last", type=int, default=None, metavar="K", help="average the run's newest K checkpoints")
     add_output_args(sp, "model folder to write (a new folder, or an earlier soup)", short=True, required=True)
     sp.set_defaults(func=cmd_soup)

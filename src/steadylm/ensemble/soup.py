@@ -21,10 +21,18 @@
 Reads and writes go through ``safetensors.torch`` only (nothing is unpickled). The result is
 written to a temporary folder and renamed, so it is a complete model folder or nothing; it loads
 with ``AutoModelForCausalLM.from_pretrained``. A ``soup.json`` beside the weights lists the members.
+
+A member may also be a ``.gguf`` file, as every ``--model`` may: it is loaded (dequantized to
+float32) through `models.load_model`, the loader every other command uses, and contributes the
+tensors that ``save_pretrained`` would write for it (a tied output layer once, as the input
+embedding), so a GGUF base and its fine-tuned folders average name for name. Its whole state dict
+is held in memory. When the first member is a GGUF file, the soup's config, generation config and
+tokenizer (with its chat template) are written from it.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 from pathlib import Path
@@ -49,10 +57,44 @@ def _weight_files(folder: Path) -> list[Path]:
     return files
 
 
+def _is_gguf(member: Path) -> bool:
+    return member.suffix.lower() == ".gguf"
+
+
+class _Tensors:
+    """A loaded model's tensors behind the ``get_tensor(name)`` of a safetensors handle."""
+
+    def __init__(self, model: Any, tensors: dict[str, Any]):
+        self.model, self.tensors = model, tensors
+
+    def get_tensor(self, name: str) -> Any:
+        return self.tensors[name]
+
+
+def _load_gguf(path: Path) -> tuple[Any, dict[str, Any]]:
+    """``(model, tensor name -> tensor)`` of a ``.gguf`` member, loaded as every ``--model`` is;
+    a tensor that shares storage with an earlier one (a tied output layer) is left out, as
+    ``save_pretrained`` leaves it out of a folder."""
+    from ..models.presets import load_model
+
+    model = load_model(path)
+    tensors: dict[str, Any] = {}
+    seen: set[int] = set()
+    for name, t in model.state_dict().items():
+        if t.numel() and t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        tensors[name] = t
+    return model, tensors
+
+
 def _open_all(folder: Path, stack: Any) -> dict[str, Any]:
     """tensor name -> an open safetensors handle holding it (sharded folders have several files)."""
     from safetensors import safe_open
 
+    if _is_gguf(folder):
+        handle = _Tensors(*_load_gguf(folder))
+        return {k: handle for k in handle.tensors}
     where: dict[str, Any] = {}
     for f in _weight_files(folder):
         try:
@@ -65,7 +107,8 @@ def _open_all(folder: Path, stack: Any) -> dict[str, Any]:
 
 
 def uniform_soup(folders: Sequence[str | os.PathLike], out: str | os.PathLike, *, method: str = "uniform") -> Path:
-    """Average the weights of the model folders ``folders`` into the model folder ``out``; return it."""
+    """Average the weights of the model folders (or ``.gguf`` files) ``folders`` into the model
+    folder ``out``; return it."""
     import contextlib
 
     import torch
@@ -83,6 +126,7 @@ def uniform_soup(folders: Sequence[str | os.PathLike], out: str | os.PathLike, *
     with contextlib.ExitStack() as stack:
         handles = [_open_all(f, stack) for f in folders]
         names = sorted(handles[0])
+        lead_model = handles[0][names[0]].model if _is_gguf(folders[0]) and names else None
         for f, h in zip(folders[1:], handles[1:]):
             if set(h) != set(names):
                 missing = sorted(set(names) - set(h))
@@ -117,7 +161,9 @@ def uniform_soup(folders: Sequence[str | os.PathLike], out: str | os.PathLike, *
     try:
         # "format": "pt" is what transformers looks for before it loads a safetensors file
         save_file(averaged, str(tmp / WEIGHTS), metadata={"format": "pt"})
-        for p in sorted(folders[0].iterdir()):
+        if _is_gguf(folders[0]):
+            _write_gguf_files(folders[0], lead_model, tmp)
+        for p in [] if _is_gguf(folders[0]) else sorted(folders[0].iterdir()):
             if (p.is_file() and p.suffix not in (".safetensors", ".bin", ".pt", ".pth")
                     and p.name not in _TRAINING_STATE and p.name != "model.safetensors.index.json"
                     and p.name != "soup.json"):
@@ -132,6 +178,19 @@ def uniform_soup(folders: Sequence[str | os.PathLike], out: str | os.PathLike, *
     os.replace(tmp, out)
     fsync_dir(out.parent)
     return out
+
+
+def _write_gguf_files(gguf: Path, model: Any, folder: Path) -> None:
+    """The config, generation config and tokenizer of a ``.gguf`` member (``model``, loaded from
+    it), as a model folder holds them."""
+    from ..data.tokenizer import load_tokenizer
+
+    config = copy.deepcopy(model.config)
+    config.architectures = config.architectures or [type(model).__name__]  # as save_pretrained records it
+    config.save_pretrained(folder)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(folder)
+    load_tokenizer(str(gguf)).save_pretrained(folder)
 
 
 def latest_k(run_dir: str | os.PathLike, k: int) -> list[Path]:

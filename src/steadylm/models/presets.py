@@ -215,8 +215,8 @@ def load_model(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_
         with quiet_progress():
             config = AutoConfig.from_pretrained(p, local_files_only=True, trust_remote_code=trust_remote_code, gguf_file=gguf)
     except Exception as e:
-        what = "a GGUF file transformers can read" if gguf else "config.json"
-        raise ModelError(f"{path}: unreadable {what} ({type(e).__name__}: {_first_line(e)})") from None
+        what = "not a GGUF file transformers can read" if gguf else "unreadable config.json"
+        raise ModelError(f"{path}: {what} ({type(e).__name__}: {_first_line(e)})") from None
     if not _is_causal_lm(config):
         raise ModelError(f"{path}: model type {getattr(config, 'model_type', '?')!r} is not a causal language model")
     qc = getattr(config, "quantization_config", None)

@@ -173,6 +173,11 @@ class LocalBackend(Backend):
         else:
             reason = "length" if len(toks) >= max_new else "stop"
         text = self.tokenizer.decode(toks[:n], skip_special_tokens=True)
+        if reason == "length":
+            # a byte-level tokenizer can be cut off inside a character (a Chinese one is 3 UTF-8 bytes,
+            # often split over tokens): decode shows the partial bytes as U+FFFD, which no one wrote
+            # and which chrF and the CJK unit counts would score as a character
+            text = text.rstrip("\ufffd")
         return text, n, reason
 
     def generate(self, requests: Sequence[Request], on_result: OnResult | None = None,
