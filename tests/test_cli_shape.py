@@ -51,11 +51,11 @@ FLAGS = {
     "eval": "",
     "eval generation": "--api-key-env --batch-size --bootstrap --builtin-prompts --concurrency --determinism-prompts "
                        "--determinism-runs --dtype --json --max-new-tokens --max-retries --model --nli-model --no-determinism "
-                       "--no-environments --out --prompts --samples --sampling-fields --seeds --temperature --threads --timeout --top-k --top-p "
+                       "--no-environments --out --prompt-format --prompts --samples --sampling-fields --seeds --temperature --threads --timeout --top-k --top-p "
                        "--truncate-left --trust-remote-code",
     "eval perplexity": "--add-special-tokens --batch-size --data --dtype --json --model --stride --threads --trust-remote-code --window",
     "eval robustness": "--adv-items --api-key-env --batch-size --bootstrap --budget --builtin-prompts --concurrency --dtype --json "
-                       "--kinds --max-new-tokens --max-retries --model --ood --out --prompts --queries --rate --samples --sampling-fields --seed "
+                       "--kinds --max-new-tokens --max-retries --model --ood --out --prompt-format --prompts --queries --rate --samples --sampling-fields --seed "
                        "--temperature --threads --timeout --top-k --top-p --truncate-left --trust-remote-code",
     "human": "",
     "human export": "results --max-prompts --out --per-prompt --seed --title -o",
@@ -72,7 +72,7 @@ FLAGS = {
     "sweep clip": "--confirm-seed --executor --json --lr --max-norms --out --preset --recipe --seed --set --steps --threads "
                   "--tolerance --workers",
     "sweep decoding": "--api-key-env --batch-size --bootstrap --builtin-prompts --concurrency --dtype --json --max-new-tokens "
-                      "--max-retries --model --out --prompts --samples --sampling-fields --seeds --temperatures --threads "
+                      "--max-retries --model --out --prompt-format --prompts --samples --sampling-fields --seeds --temperatures --threads "
                       "--timeout --top-k --top-ps --truncate-left --trust-remote-code",
     # train: its own flags plus one per config field (tests/test_options.py pins those)
     "train": " ".join(["--config --json --no-plots --out --overwrite --resume", *(o.flag for o in train_options())]),
@@ -115,7 +115,7 @@ GROUPS = [
      ["eval generation", "eval robustness", "sweep decoding"]),
     ("backend", "--model --batch-size --dtype --threads --trust-remote-code", ["eval perplexity"]),
     ("endpoint", "--concurrency --api-key-env --timeout --max-retries --sampling-fields", ["eval generation", "eval robustness", "human judge", "sweep decoding"]),
-    ("prompts", "--prompts --builtin-prompts", ["eval generation", "eval robustness", "sweep decoding"]),
+    ("prompts", "--prompts --builtin-prompts --prompt-format", ["eval generation", "eval robustness", "sweep decoding"]),
     ("decoding", "--temperature --top-p --top-k --max-new-tokens", ["eval generation", "eval robustness"]),
     ("decoding", "--top-k --max-new-tokens --seeds", ["sweep decoding", "eval generation"]),
     ("output", "--out --json", ["eval generation", "eval robustness", "sweep", "sweep clip", "sweep decoding", "train"]),

@@ -135,16 +135,16 @@ def _print_results(results: dict[str, Any], args: argparse.Namespace, print_tabl
 def cmd_generation(args: argparse.Namespace) -> int:
     from ..evaluate.generation import GenerationEval, GenerationEvalConfig
     from ..study.grid import parse_ints
-    from ..evaluate.prompts import load_prompts
+    from ..evaluate.prompts import load_prompts, prompts_label
     from ..report.tables import print_generation_summary
 
     rank, world, _ = launch_ranks()  # before the model loads: a bad RANK is one line, at once
     cfg = GenerationEvalConfig(
-        prompts=args.prompts, samples=args.samples, seeds=parse_ints(args.seeds, "--seeds"), n_builtin=args.builtin_prompts,
+        prompts=prompts_label(args.prompts, args.prompt_format), samples=args.samples, seeds=parse_ints(args.seeds, "--seeds"), n_builtin=args.builtin_prompts,
         decoding=decoding_settings(args),
         nli_model=args.nli_model, determinism=not args.no_determinism, environments=not args.no_environments,
         determinism_prompts=args.determinism_prompts, determinism_runs=args.determinism_runs, bootstrap=args.bootstrap)
-    items = load_prompts(args.prompts, n_builtin=args.builtin_prompts)
+    items = load_prompts(args.prompts, n_builtin=args.builtin_prompts, prompt_format=args.prompt_format)
     backend = open_model(args)
     ev = GenerationEval(backend, items, cfg, args.out or "runs/eval-generation", progress=not args.json,
                         rank=rank, world_size=world)
@@ -157,17 +157,18 @@ def cmd_generation(args: argparse.Namespace) -> int:
 
 
 def cmd_robustness(args: argparse.Namespace) -> int:
-    from ..evaluate.prompts import load_prompts
+    from ..evaluate.prompts import load_prompts, prompts_label
     from ..evaluate.robustness import DEFAULT_KINDS, RobustnessConfig, RobustnessEval
     from ..report.tables import print_robustness_summary
 
     cfg = RobustnessConfig(
-        prompts=args.prompts, kinds=tuple(args.kinds.split(",")) if args.kinds is not None else DEFAULT_KINDS,
+        prompts=prompts_label(args.prompts, args.prompt_format), kinds=tuple(args.kinds.split(",")) if args.kinds is not None else DEFAULT_KINDS,
         rate=args.rate, seed=args.seed, samples=args.samples, n_builtin=args.builtin_prompts,
         decoding=decoding_settings(args),
         budget=args.budget, queries=args.queries, adv_items=args.adv_items, ood=args.ood, bootstrap=args.bootstrap)
-    items = load_prompts(args.prompts, n_builtin=args.builtin_prompts)
-    ood = load_prompts(args.ood, n_builtin=args.builtin_prompts) if args.ood is not None else None
+    items = load_prompts(args.prompts, n_builtin=args.builtin_prompts, prompt_format=args.prompt_format)
+    ood = (load_prompts(args.ood, n_builtin=args.builtin_prompts, prompt_format=args.prompt_format)
+           if args.ood is not None else None)
     backend = open_model(args)
     ev = RobustnessEval(backend, items, cfg, args.out or "runs/eval-robustness", ood_items=ood, progress=not args.json)
     _print_results(_run_eval(ev, backend), args, print_robustness_summary, ev.out)

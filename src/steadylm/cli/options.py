@@ -93,6 +93,10 @@ def add_prompts_args(p: argparse.ArgumentParser, *, builtin: int) -> Any:
     g.add_argument("--prompts", default="builtin",
                    help="a JSONL prompt file, 'builtin' (held-out built-in corpus) or builtin:SOURCE (default: builtin)")
     g.add_argument("--builtin-prompts", type=int, default=builtin, help=f"how many prompts a built-in source draws (default: {builtin})")
+    g.add_argument("--prompt-format", choices=("text", "chat"), default="text",
+                   help="how 'prompt' items and built-in prompts reach the model: text to continue (default), or chat: "
+                        "one user turn through the model's chat template, as 'messages' items always are (for instruct "
+                        "models)")
     return g
 
 

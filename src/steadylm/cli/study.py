@@ -106,7 +106,7 @@ def cmd_decoding(args: argparse.Namespace) -> int:
                              top_ps=parse_floats(args.top_ps, "--top-ps"), top_k=args.top_k, prompts=args.prompts,
                              n_builtin=args.builtin_prompts, samples=args.samples, seeds=parse_ints(args.seeds, "--seeds"),
                              max_new_tokens=args.max_new_tokens, bootstrap=args.bootstrap, backend_kw=kw,
-                             progress=not args.json)
+                             progress=not args.json, prompt_format=args.prompt_format)
     print(to_json(res)) if args.json else print_decoding_sweep(res, args.out)
     return 0
 

@@ -204,9 +204,30 @@ def builtin_prompts(n: int = 32, *, prompt_words: int = 12, reference_words: int
     return picked
 
 
-def load_prompts(spec: str, *, n_builtin: int = 32) -> list[PromptItem]:
-    """``builtin`` (``builtin:pydoc``), another built-in source (``builtin:stdlib-code``), or a JSONL file."""
+#: ``--prompt-format``: how ``prompt`` items reach the model
+PROMPT_FORMATS = ("text", "chat")
+
+
+def load_prompts(spec: str, *, n_builtin: int = 32, prompt_format: str = "text") -> list[PromptItem]:
+    """``builtin`` (``builtin:pydoc``), another built-in source (``builtin:stdlib-code``), or a JSONL file.
+
+    ``prompt_format="chat"`` turns every ``prompt`` item into a one-turn chat (the prompt as the user's
+    turn), so that a chat model sees it through its chat template as it sees ``messages`` items;
+    ``"text"`` leaves it as text to continue (what a base model, and the built-in prompts, are for).
+    lm-eval-harness makes the same choice with ``--apply_chat_template``, off by default."""
+    if prompt_format not in PROMPT_FORMATS:
+        raise DataError(f"--prompt-format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
     if spec == "builtin" or spec.startswith("builtin:"):
         src = "builtin:pydoc" if spec == "builtin" else spec
-        return builtin_prompts(n_builtin, source=src)
-    return read_prompts_jsonl(spec)
+        items = builtin_prompts(n_builtin, source=src)
+    else:
+        items = read_prompts_jsonl(spec)
+    if prompt_format == "chat":
+        items = [PromptItem(id=it.id, messages=(("user", it.prompt),), references=it.references, answer=it.answer,
+                            source=it.source, meta=it.meta) if it.prompt is not None else it for it in items]
+    return items
+
+
+def prompts_label(spec: str, prompt_format: str = "text") -> str:
+    """How a result names its prompt set: the ``--prompts`` spec, and ``as chat`` when it was turned into chats."""
+    return spec if prompt_format == "text" else f"{spec} (prompt items as chat)"

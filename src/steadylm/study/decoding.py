@@ -84,21 +84,21 @@ def run_decoding_sweep(model: str, out: str, *, temperatures: Sequence[float] = 
                        top_ps: Sequence[float] = DEFAULT_TOP_PS, prompts: str = "builtin", n_builtin: int = 16,
                        samples: int = 4, seeds: Sequence[int] = (0,), max_new_tokens: int = 32, top_k: int = 0,
                        bootstrap: int = 1000, backend_kw: dict[str, Any] | None = None,
-                       progress: bool = True) -> dict[str, Any]:
+                       progress: bool = True, prompt_format: str = "text") -> dict[str, Any]:
     """Run (or resume) the grid; returns ``decoding_sweep.json``'s content."""
     from ..evaluate.backends import DecodingSettings, open_backend
     from ..evaluate.generation import GenerationEval, GenerationEvalConfig
-    from ..evaluate.prompts import load_prompts
+    from ..evaluate.prompts import load_prompts, prompts_label
     from ..progress import progress_enabled
 
     cells = decoding_cells(temperatures, top_ps)
     if samples < 2:
         raise ConfigError("--samples must be at least 2: consistency compares samples of one prompt")
     configs = {name: GenerationEvalConfig(
-        prompts=prompts, samples=samples, seeds=tuple(seeds), n_builtin=n_builtin,
+        prompts=prompts_label(prompts, prompt_format), samples=samples, seeds=tuple(seeds), n_builtin=n_builtin,
         decoding=DecodingSettings(temperature=t, top_p=p, top_k=top_k, max_new_tokens=max_new_tokens),
         determinism=False, environments=False, bootstrap=bootstrap) for name, t, p in cells}
-    items = load_prompts(prompts, n_builtin=n_builtin)
+    items = load_prompts(prompts, n_builtin=n_builtin, prompt_format=prompt_format)
     outp = Path(out)
     backend = open_backend(model, **(backend_kw or {}))
     try:
