@@ -65,3 +65,18 @@ def test_generation_applies_the_chat_template_only_when_asked(nano_model_dir, pr
     assert "as chat" in json.dumps(sig["prompts"])
     one_line_error(capsys, ["eval", "generation", "--model", str(model), "--prompt-format", "html",
                             "--out", str(tmp_path / "x")], "--prompt-format")
+
+
+def test_robustness_adds_the_chinese_kinds_when_a_prompt_is_chinese(prompts_file, tmp_path):
+    """Without --kinds, a Chinese prompt would pass through every Latin-script kind unchanged and count
+    as robust: the Chinese kinds join the defaults when any prompt holds Han characters."""
+    from steadylm.evaluate.perturb import compose
+    from steadylm.evaluate.robustness import DEFAULT_KINDS, ZH_KINDS, default_kinds
+
+    items = load_prompts(str(prompts_file))
+    english = [it for it in items if it.id == "a"]
+    assert default_kinds(english) == DEFAULT_KINDS
+    assert default_kinds(items) == DEFAULT_KINDS + ZH_KINDS
+    zh = "今天天气很好，我们一起去公园散步吧。你觉得怎么样？"
+    assert all(compose(k, seed=0)(zh) == zh for k in ("typo", "ocr", "filler"))  # why: the defaults leave it
+    assert any(compose(k, seed=s)(zh) != zh for k in ZH_KINDS for s in range(3))

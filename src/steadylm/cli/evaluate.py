@@ -61,7 +61,8 @@ def _add_robustness(evsub: Any) -> None:
                                               "perplexity shift), a greedy adversarial search, and domain shift (--ood)")
     rob.add_argument("--kinds", default=None, metavar="NAME[,NAME...]",
                      help="perturbation kinds, each evaluated on its own (see steadylm perturb --list; default: "
-                          "typo,swap,delete,ocr,upper,whitespace,punctuation,filler,word-order,distractor)")
+                          "typo,swap,delete,ocr,upper,whitespace,punctuation,filler,word-order,distractor; "
+                          "and zh-char,zh-punct when a prompt holds Chinese)")
     rob.add_argument("--rate", type=float, default=None, help="one rate in [0, 1] for every kind (default: each kind's own)")
     rob.add_argument("--budget", type=int, default=3, help="adversarial search: edits per prompt (default: 3)")
     rob.add_argument("--queries", type=int, default=12,
@@ -158,15 +159,16 @@ def cmd_generation(args: argparse.Namespace) -> int:
 
 def cmd_robustness(args: argparse.Namespace) -> int:
     from ..evaluate.prompts import load_prompts, prompts_label
-    from ..evaluate.robustness import DEFAULT_KINDS, RobustnessConfig, RobustnessEval
+    from ..evaluate.robustness import RobustnessConfig, RobustnessEval, default_kinds
     from ..report.tables import print_robustness_summary
 
+    items = load_prompts(args.prompts, n_builtin=args.builtin_prompts, prompt_format=args.prompt_format)
     cfg = RobustnessConfig(
-        prompts=prompts_label(args.prompts, args.prompt_format), kinds=tuple(args.kinds.split(",")) if args.kinds is not None else DEFAULT_KINDS,
+        prompts=prompts_label(args.prompts, args.prompt_format),
+        kinds=tuple(args.kinds.split(",")) if args.kinds is not None else default_kinds(items),
         rate=args.rate, seed=args.seed, samples=args.samples, n_builtin=args.builtin_prompts,
         decoding=decoding_settings(args),
         budget=args.budget, queries=args.queries, adv_items=args.adv_items, ood=args.ood, bootstrap=args.bootstrap)
-    items = load_prompts(args.prompts, n_builtin=args.builtin_prompts, prompt_format=args.prompt_format)
     ood = (load_prompts(args.ood, n_builtin=args.builtin_prompts, prompt_format=args.prompt_format)
            if args.ood is not None else None)
     backend = open_model(args)

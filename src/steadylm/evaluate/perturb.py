@@ -65,7 +65,7 @@ from ..errors import ConfigError, ModelError
 __all__ = [
     "PERTURBATIONS", "Perturbation", "Composition", "compose", "perturb", "perturb_item", "rng_for",
     "check_rate", "get_perturbation", "parse_kinds", "synonym_neighbours", "word_cosine",
-    "SYNONYM_THRESHOLD",
+    "SYNONYM_THRESHOLD", "has_han",
 ]
 
 PerturbFn = Callable[[str, float, random.Random], str]
@@ -688,6 +688,11 @@ _ZH_PUNCT = re.compile("[" + re.escape("".join(_FULL_TO_HALF) + "".join(_HALF_TO
 def _is_han(c: str) -> bool:
     o = ord(c)
     return 0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0xF900 <= o <= 0xFAFF or 0x20000 <= o <= 0x2FA1F
+
+
+def has_han(text: str) -> bool:
+    """Whether ``text`` holds a Chinese (Han) character."""
+    return any(_is_han(c) for c in text)
 
 
 def _zh_punct(text: str, rate: float, rng: random.Random) -> str:

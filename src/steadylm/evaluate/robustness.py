@@ -76,6 +76,19 @@ from .run import EvalRun, prompts_sha
 #: kinds ``eval robustness`` applies when no ``--kinds`` is given (no model-backed kind: synonym loads MiniLM)
 DEFAULT_KINDS = ("typo", "swap", "delete", "ocr", "upper", "whitespace", "punctuation", "filler", "word-order",
                  "distractor")
+#: added to `DEFAULT_KINDS` when a prompt holds Chinese: the Latin-script kinds leave Han text as it is
+ZH_KINDS = ("zh-char", "zh-punct")
+
+
+def default_kinds(items: Sequence[PromptItem]) -> tuple[str, ...]:
+    """The kinds ``eval robustness`` applies without ``--kinds``: `DEFAULT_KINDS`, and `ZH_KINDS`
+    when any prompt holds a Han character (Chinese is a first-class input: without them a Chinese
+    prompt would go through every default kind unchanged, and count as robust)."""
+    from .perturb import has_han
+
+    return DEFAULT_KINDS + (ZH_KINDS if any(has_han(it.text()) for it in items) else ())
+
+
 #: kinds the adversarial search edits with (those of ``--kinds`` that act on characters)
 CHAR_KINDS = ("typo", "swap", "insert", "delete", "ocr", "zh-char", "zh-punct")
 #: metrics PDR and worst case are given for, in order of preference for the headline
@@ -627,5 +640,6 @@ class RobustnessEval(EvalRun):
         return sig
 
 
-__all__ = ["RobustnessConfig", "RobustnessEval", "performance_drop_rate", "worst_case", "DEFAULT_KINDS", "CHAR_KINDS",
+__all__ = ["RobustnessConfig", "RobustnessEval", "performance_drop_rate", "worst_case", "DEFAULT_KINDS", "ZH_KINDS",
+           "default_kinds", "CHAR_KINDS",
            "PDR_METRICS"]
