@@ -800,6 +800,9 @@ class TrainingRun:
                 extras.update(log_z_mean=(log_z * on).sum() / on.sum(), log_z_max=log_z.masked_fill(on == 0, -math.inf).max())
             if micro == A - 1 and z_sum is not None:
                 extras["z_loss"] = dp.mean(z_sum / A)
+            # the (B, T, V) logits are not needed by the backward pass (cross-entropy saved its own
+            # log-softmax): holding them through it raised the peak by their size
+            del logits, flat
             try:
                 report = stab.step(loss, aux=aux, extras=extras if micro == A - 1 else None)
             except GuardStop as stop:  # log the step that stopped the run, then stop
