@@ -330,7 +330,7 @@ def test_ctrl_c_against_a_hung_endpoint_exits_130_and_keeps_the_cache(stubs, tmp
         assert proc.poll() is None, proc.communicate()
         assert len(stub.seen) == answered + 2  # two hung requests in flight, nothing else sent
         proc.send_signal(signal.SIGINT)
-        rc = proc.wait(timeout=15)
+        rc = proc.wait(timeout=60)  # a loaded machine can take a while to unwind; the exit code is the point
         _, err = proc.communicate(timeout=15)
     finally:
         if proc.poll() is None:

@@ -118,6 +118,15 @@ class Generation:
 OnResult = Callable[[int, Generation], None]
 
 
+def whole_characters(text: str, finish_reason: str | None) -> str:
+    """``text`` without the U+FFFD a cut-off character leaves at its end, when the row stopped at
+    its token limit. A byte-level tokenizer can stop inside a character (a Chinese one is 3 UTF-8
+    bytes, often split over tokens) and decoding shows the partial bytes as U+FFFD, which no one
+    wrote and which chrF and the CJK unit counts would score as a character. Local and served
+    generations go through this one rule, so the same tokens give the same text either way."""
+    return text.rstrip("\ufffd") if finish_reason == "length" else text
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a backend can do besides `generate`, declared as data: a metric asks this, never

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 from ...errors import ConfigError, DataError
 from ...runtime import launch_ranks, resolve_device
-from .base import Backend, Capabilities, DecodingSettings, Generation, OnResult, Request
+from .base import Backend, Capabilities, DecodingSettings, Generation, OnResult, Request, whole_characters
 
 
 def _chat_fallback(messages: Sequence[tuple[str, str]]) -> str:
@@ -172,13 +172,7 @@ class LocalBackend(Backend):
             reason = "stop"
         else:
             reason = "length" if len(toks) >= max_new else "stop"
-        text = self.tokenizer.decode(toks[:n], skip_special_tokens=True)
-        if reason == "length":
-            # a byte-level tokenizer can be cut off inside a character (a Chinese one is 3 UTF-8 bytes,
-            # often split over tokens): decode shows the partial bytes as U+FFFD, which no one wrote
-            # and which chrF and the CJK unit counts would score as a character
-            text = text.rstrip("\ufffd")
-        return text, n, reason
+        return whole_characters(self.tokenizer.decode(toks[:n], skip_special_tokens=True), reason), n, reason
 
     def generate(self, requests: Sequence[Request], on_result: OnResult | None = None,
                  progress: Callable[[int], None] | None = None) -> list[Generation]:

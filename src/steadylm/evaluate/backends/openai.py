@@ -93,7 +93,7 @@ from typing import Any, Callable, Sequence
 
 from ...errors import BackendError, ConfigError, DataError
 from ...io import loads_json
-from .base import Backend, Capabilities, Generation, OnResult, Request
+from .base import Backend, Capabilities, Generation, OnResult, Request, whole_characters
 
 log = logging.getLogger(__name__)
 
@@ -588,8 +588,9 @@ class OpenAIBackend(Backend):
         usage = obj.get("usage")
         tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
         finish = choice.get("finish_reason")
-        return Generation(req, text, completion_tokens=tokens if isinstance(tokens, int) else None,
-                          finish_reason=finish if isinstance(finish, str) else None)
+        finish = finish if isinstance(finish, str) else None
+        return Generation(req, whole_characters(text, finish), completion_tokens=tokens if isinstance(tokens, int) else None,
+                          finish_reason=finish)
 
     def _surrogates(self, n: int) -> None:
         """Count lone surrogates replaced in an answer; say so once per backend."""
