@@ -318,7 +318,11 @@ def test_ctrl_c_against_a_hung_endpoint_exits_130_and_keeps_the_cache(stubs, tmp
     proc = subprocess.Popen([sys.executable, "-m", "steadylm", "eval", "generation", "--model", stub.spec,
                              "--prompts", str(write_prompts(tmp_path / "p.jsonl", 6)), "--samples", "1",
                              "--no-determinism", "--concurrency", "2", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            # as from a shell: a child inherits an ignored SIGINT, and something earlier in a
+                            # full pytest run (a library, in-process) can leave it ignored here; then Ctrl-C never
+                            # reaches the CLI and this test hangs (reproduced by ignoring SIGINT in pytest)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for _ in range(1200):  # the process imports torch first: allow it two minutes
             if cache.exists() and len(cache.read_text(encoding="utf-8").splitlines()) >= answered \
