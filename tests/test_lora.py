@@ -32,11 +32,21 @@ def _load(path):
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
 
 
+class SeenRun(TrainingRun):
+    """A run that keeps, just before it exports, what it trained: ``trained`` (name -> (requires_grad,
+    a copy, the storage address)) of the peft model's parameters, since the final export merges the
+    adapters into the base weights in place."""
+
+    def _save_models(self):
+        self.trained = {n: (p.requires_grad, p.detach().clone(), p.data_ptr()) for n, p in self.model.named_parameters()}
+        return super()._save_models()
+
+
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, nano_model_dir):
     """Six LoRA steps on the nano model (AGC and the monitor on), kept in memory and on disk."""
     out = tmp_path_factory.mktemp("lora") / "run"
-    run = TrainingRun(lora_config(out, nano_model_dir, monitor_every=1, clip=ClipConfig(method="agc")))
+    run = SeenRun(lora_config(out, nano_model_dir, monitor_every=1, clip=ClipConfig(method="agc")))
     summary = run.run()
     return out, run, summary
 
@@ -80,16 +90,17 @@ def test_missing_targets_are_one_line_and_nothing_is_written(tmp_path, capsys, n
 
 def test_only_the_adapters_train(lora_run, nano_model_dir):
     out, run, summary = lora_run
-    trained = {n: p for n, p in run.model.named_parameters() if p.requires_grad}
+    trained = {n: p for n, (grad, p, _) in run.trained.items() if grad}
     assert trained and all(".lora_A." in n or ".lora_B." in n for n in trained)
     assert summary["trainable_parameters"] == sum(p.numel() for p in trained.values()) < summary["parameters"] / 5
     # the optimizer (and so the clippers, the guard and the monitor, which read its groups) holds them alone
-    assert {id(p) for g in run.optimizer.param_groups for p in g["params"]} == {id(p) for p in trained.values()}
-    assert not any(p.grad is not None for n, p in run.model.named_parameters() if not p.requires_grad)
-    # every frozen base weight is byte-identical to the pretrained one
+    held = [p for g in run.optimizer.param_groups for p in g["params"]]
+    assert {p.data_ptr() for p in held} == {ptr for grad, _, ptr in run.trained.values() if grad}
+    assert all(p.grad is None or p.requires_grad for p in run.model.parameters())
+    # every frozen base weight, as trained, is byte-identical to the pretrained one
     base = _load(nano_model_dir).state_dict()
     frozen = {n.removeprefix("base_model.model.").replace(".base_layer.", "."): p
-              for n, p in run.model.named_parameters() if not p.requires_grad}
+              for n, (grad, p, _) in run.trained.items() if not grad}
     assert set(frozen) <= set(base) and len(frozen) >= len(base) - 1  # a tied output layer appears once
     assert all(torch.equal(frozen[n], base[n]) for n in frozen)
     # the adapters moved (lora_B starts at zero) and the monitor saw their update ratios
@@ -120,7 +131,37 @@ def test_checkpoints_hold_the_adapters_and_optimizer_only(lora_run):
     ckpt = out / "checkpoints" / "step-6"
     assert (ckpt / "adapter_model.safetensors").is_file() and not (ckpt / "model.safetensors").exists()
     state = torch.load(ckpt / "optimizer.pt", weights_only=True)
-    assert len(state["state"]) == len([p for p in run.model.parameters() if p.requires_grad])
+    assert len(state["state"]) == len([1 for grad, _, _ in run.trained.values() if grad])
+
+
+def test_the_final_export_merges_in_place_and_an_ema_export_copies(lora_run, tmp_path, nano_model_dir):
+    """``model/`` comes from the trained weights merged where they lie: no second set of base
+    weights at the end of a run (a deep copy raised the process's peak memory on SmolLM2). The
+    model validated is that merged model. The EMA export, which comes first, merges into a copy,
+    so the base stays the pretrained one for the final export; both folders are exact merges."""
+    from safetensors.torch import load_file
+
+    out, run, summary = lora_run
+    q = "base_model.model.model.layers.0.self_attn.q_proj"
+    merged = run.model.get_base_model()
+    assert type(merged).__name__.endswith("ForCausalLM") and not any(".lora_" in n for n, _ in merged.named_parameters())
+    w = merged.model.layers[0].self_attn.q_proj.weight
+    assert w.data_ptr() == run.trained[q + ".base_layer.weight"][2]  # the trained model's own storage
+    _, a, _ = run.trained[q + ".lora_A.default.weight"]
+    _, b, _ = run.trained[q + ".lora_B.default.weight"]
+    scale = run.cfg.lora.alpha / run.cfg.lora.r
+    assert torch.equal(w, run.trained[q + ".base_layer.weight"][1] + (b @ a) * scale)
+    assert torch.equal(load_file(str(out / "model" / "model.safetensors"))["model.layers.0.self_attn.q_proj.weight"], w)
+
+    ema = SeenRun(lora_config(tmp_path / "ema", nano_model_dir, steps=3, ema=0.5))
+    ema.run()
+    want = {name: load_file(str(tmp_path / "ema" / name / "model.safetensors"))["model.layers.0.self_attn.q_proj.weight"]
+            for name in ("model", "model-ema")}
+    base_w = ema.trained[q + ".base_layer.weight"][1]
+    assert torch.equal(base_w, _load(nano_model_dir).state_dict()["model.layers.0.self_attn.q_proj.weight"])
+    a, b = (ema.trained[q + f".lora_{x}.default.weight"][1] for x in "AB")
+    assert torch.equal(want["model"], base_w + (b @ a) * scale)  # merged into the pretrained base, not an EMA-merged one
+    assert not torch.equal(want["model-ema"], want["model"])
 
 
 def test_resume_is_bit_exact(tmp_path, nano_model_dir):

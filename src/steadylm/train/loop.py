@@ -866,20 +866,21 @@ class TrainingRun:
                     p.copy_(r)
         model = self._whole_model()
         if self.dp.main:
-            model = self._export(model, "model")
+            model = self._export(model, "model", last=True)
         return model
 
-    def _export(self, model, name: str):
+    def _export(self, model, name: str, *, last: bool = False):
         """Write ``name/`` as a plain HF folder and return the model it holds. With LoRA the adapter
-        goes to ``adapter/`` (``adapter-ema/``), loadable by peft, and ``name/`` holds a merged copy,
-        so every eval command reads it unchanged."""
+        goes to ``adapter/`` (``adapter-ema/``), loadable by peft, and ``name/`` holds the merged
+        model, so every eval command reads it unchanged: merged into a copy, or, for the ``last``
+        export (the trained model itself, whose weights nothing needs afterwards), in place."""
         from ..models.presets import save_model
 
         if self.cfg.lora.r:
-            from .lora import merged_copy
+            from .lora import merged
 
             save_model(model, self.tokenizer, self.out / name.replace("model", "adapter"))
-            model = merged_copy(model)
+            model = merged(model, in_place=last)
         save_model(model, self.tokenizer, self.out / name)
         return model
 

@@ -11,7 +11,8 @@ weight and wraps the chosen projections. What steadylm adds around it:
 * checkpoints that hold the adapter alone (`load_adapter_weights` reads them back bit for bit):
   the base is frozen and is loaded again from ``--model`` on a resume, its hash checked;
 * the outputs: ``adapter/`` (peft's ``save_pretrained``) and a merged plain HF folder
-  (`merged_copy`), which every eval command reads unchanged.
+  (`merged`), which every eval command reads unchanged. The run's final export merges in place:
+  training is over, and a copy would hold a second set of base weights at the process's peak.
 """
 
 from __future__ import annotations
@@ -68,10 +69,13 @@ def add_lora(model, cfg: LoraConfig, *, seed: int):
         return get_peft_model(model, peft_cfg)
 
 
-def merged_copy(model):
-    """A plain transformers model with the adapters of peft ``model`` merged into a copy of its
-    weights (``merge_and_unload``); ``model`` itself keeps training or saving as it was."""
-    return copy.deepcopy(model).merge_and_unload()
+def merged(model, *, in_place: bool):
+    """A plain transformers model with the adapters of peft ``model`` merged into its weights
+    (peft's ``merge_and_unload``, ``W + s * B @ A`` per adapted layer). ``in_place``: into ``model``'s
+    own base weights, which are then the merged ones and no longer the pretrained ones (no copy;
+    for the last use of ``model``); otherwise into a copy, and ``model`` keeps training or saving
+    as it was."""
+    return (model if in_place else copy.deepcopy(model)).merge_and_unload()
 
 
 def load_adapter_weights(model, path: Path) -> None:
