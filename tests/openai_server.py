@@ -104,6 +104,7 @@ class OpenAIServer:
         # fields a request leaves out get these values, as llama.cpp's server does (top_k 40, ...)
         self.missing_defaults: dict[str, Any] = {}
         self.unknown_field_error: str | None = None  # refuse this field with 400, as api.openai.com does
+        self.unknown_field_status = 400  # transformers serve (FastAPI's validation) answers 422
         self.greedy_always = False  # decode greedily whatever the request says (transformers serve's default)
         self.requests_seen = 0
         self.max_in_flight = 0
@@ -165,6 +166,7 @@ class OpenAIServer:
             self.bodies.clear()
         self.delay, self.required_key = 0.0, None
         self.missing_defaults, self.unknown_field_error, self.greedy_always = {}, None, False
+        self.unknown_field_status = 400
 
     def fail_next(self, kind: str, n: int = 1, *, after: int = 0) -> None:
         """Answer the next ``n`` requests (after ``after`` normal ones) with fault ``kind``:
@@ -239,7 +241,7 @@ class OpenAIServer:
         if body.get("n", 1) != 1:
             return _error(400, "only n=1 is supported")
         if self.unknown_field_error is not None and self.unknown_field_error in body:
-            return _error(400, f"Unrecognized request argument supplied: {self.unknown_field_error}")
+            return _error(self.unknown_field_status, f"Unrecognized request argument supplied: {self.unknown_field_error}")
         body = {**self.missing_defaults, **body, **({"temperature": 0.0} if self.greedy_always else {})}
         try:
             max_tokens = int(body.get("max_tokens", 16))

@@ -98,11 +98,13 @@ def test_server_defaults_never_apply(srv, nano_model_dir):
 
 
 def test_standard_sampling_fields_for_openai(srv):
-    """api.openai.com answers an unknown field with 400: the message names --sampling-fields, and
-    the standard wire format sends OpenAI's own fields only."""
+    """api.openai.com answers an unknown field with 400, transformers serve with 422: the message
+    names --sampling-fields, and the standard wire format sends OpenAI's own fields only."""
     srv.unknown_field_error = "min_p"
-    with pytest.raises(BackendError, match="--sampling-fields standard"):
-        backend(srv).generate(reqs(PROMPTS[:1]))
+    for status in (400, 422):
+        srv.unknown_field_status = status
+        with pytest.raises(BackendError, match=f"HTTP {status}: .*--sampling-fields standard"):
+            backend(srv).generate(reqs(PROMPTS[:1]))
     srv.bodies.clear()
     assert backend(srv, sampling_fields="standard").generate(reqs(PROMPTS[:1]))[0].finish_reason
     assert not {"top_k", "min_p", "repeat_penalty", "repetition_penalty"} & set(srv.bodies[0])

@@ -30,7 +30,8 @@ therefore carries ``top_k`` (the user's value, else -1: "off" for llama.cpp, vLL
 alike), ``min_p`` 0, ``repeat_penalty`` 1 (llama.cpp's name) and ``repetition_penalty`` 1
 (vLLM's and SGLang's), beside the standard ``presence_penalty`` and ``frequency_penalty`` 0.
 ``sampling_fields="standard"`` sends only OpenAI's own fields, for api.openai.com, which answers
-an unknown field with 400 (that 400 names the way out); ``--top-k`` is then refused.
+an unknown field with 400, and ``transformers serve``, which answers it with 422 (either error
+names the way out); ``--top-k`` is then refused.
 `OpenAIBackend.signature` records the fields sent, so results say what the server was told.
 ``finish_reason`` and ``usage.completion_tokens`` are kept when the server sends them.
 
@@ -559,7 +560,7 @@ class OpenAIBackend(Backend):
             raise BackendError(f"{self.identity}: endpoint refused the request (HTTP {code}); "
                                f"set ${self.api_key_env} to its API key ({msg})")
         hint = ""
-        if code == 400 and self.sampling_fields == "extended" and any(
+        if code in (400, 422) and self.sampling_fields == "extended" and any(
                 f in msg for f in ("top_k", *EXTENDED_NEUTRAL)):
             hint = " (this server refuses the extended sampling fields: pass --sampling-fields standard)"
         raise BackendError(f"{self.identity}: HTTP {code}: {msg}{hint}")
