@@ -28,11 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers, however this file is loaded
+from _memory import status_kib  # noqa: E402
 
 MB = 1_000_000
 SMOL_TEMPLATE = (
@@ -43,18 +45,13 @@ SMOL_TEMPLATE = (
 )
 
 
-def _status_kib(key: str) -> int:
-    m = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    return int(m.group(1))
-
-
 def child(args) -> None:
     from steadylm.data.sft import load_sft
     from steadylm.data.tokenizer import load_tokenizer
     from steadylm.errors import SteadyError
 
     tok = load_tokenizer(args.tokenizer)
-    baseline = _status_kib("VmRSS")
+    baseline = status_kib("VmRSS")
     out = {"baseline_kib": baseline}
     try:
         train, _ = load_sft(args.child, tok, context=args.context, seed=0, val_fraction=0.0, folder=args.tmp)
@@ -62,7 +59,7 @@ def child(args) -> None:
                    padding_share=train.report.padding_share)
     except SteadyError as e:
         out["error"] = str(e)
-    out["peak_kib"] = _status_kib("VmHWM")
+    out["peak_kib"] = status_kib("VmHWM")
     print(json.dumps(out))
 
 

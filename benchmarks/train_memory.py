@@ -39,7 +39,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -47,16 +46,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers, however this file is loaded
+from _memory import status_kib  # noqa: E402
+
 KIB = 1024
-
-
-def _status_kib(key: str) -> int | None:
-    """A ``/proc/self/status`` field in KiB (VmRSS, VmHWM); None off Linux."""
-    try:
-        m = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    except OSError:
-        return None
-    return int(m.group(1)) if m else None
 
 
 def _reset_peak() -> bool:
@@ -90,12 +83,12 @@ def child(args) -> dict:
     class MemoryRun(loop.TrainingRun):
         def setup(self) -> None:
             super().setup()
-            mem["loaded_kib"] = _status_kib("VmRSS")
-            mem["setup_peak_kib"] = _status_kib("VmHWM")
+            mem["loaded_kib"] = status_kib("VmRSS")
+            mem["setup_peak_kib"] = status_kib("VmHWM")
             mem["peak_reset"] = _reset_peak()
 
         def finish(self, model, last_loss, seconds):  # not training: no validation, no model export
-            mem["peak_kib"] = _status_kib("VmHWM")
+            mem["peak_kib"] = status_kib("VmHWM")
             return {"last_loss": last_loss, "seconds": seconds}
 
     try:

