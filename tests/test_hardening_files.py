@@ -157,6 +157,44 @@ def test_overwrite_keeps_the_lock_file_and_replaces_the_rest(finished_run, tmp_p
     assert json.loads((run / "summary.json").read_text())["steps"] == 1
 
 
+def test_demo_takes_its_folder_lock_before_replacing_an_earlier_demo(tmp_path, holder, capsys):
+    """A demo replaces an earlier demo's folder: under the lock, so it never deletes what another
+    steadylm process is writing there (it used to remove the folder unlocked)."""
+    out = tmp_path / "demo"
+    (out / "baseline").mkdir(parents=True)
+    (out / "demo.json").write_text("{}")
+    (out / "baseline" / "metrics.jsonl").write_text('{"step": 1}\n')
+    proc = holder(out)
+    before = _tree_digest(out)
+    assert main(["demo", "--out", str(out), "--steps", "2"]) == 2
+    _one_error_line(capsys, out, f"in use by steadylm process {proc.pid}")
+    assert _tree_digest(out) == before
+
+
+def test_train_writes_its_plots_under_the_run_lock(tmp_path, monkeypatch):
+    """The plots are the run's last files: another process must not take the folder before they
+    are written (the lock used to be released first). Released once they are."""
+    from steadylm.errors import SteadyError
+    from steadylm.fsutil import FolderLock
+    from steadylm.report import plots
+
+    seen = []
+
+    def plot_run(run_dir, *a, **kw):
+        try:
+            FolderLock(run_dir).acquire().release()
+            seen.append("free")
+        except SteadyError:
+            seen.append("held")
+        return []
+
+    monkeypatch.setattr(plots, "plot_run", plot_run)
+    out = tmp_path / "run"
+    assert main(["train", *NANO, "--steps", "1", "--out", str(out), "--json"]) == 0
+    assert seen == ["held"]
+    FolderLock(out).acquire().release()  # and free afterwards
+
+
 # --------------------------------------------------------------------------- 3. full disks and odd paths
 
 _FULL_DISK = textwrap.dedent("""

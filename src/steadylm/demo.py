@@ -14,13 +14,12 @@ folders and the stabilized model are. It is the README's first command and must 
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 from .config import CheckpointConfig, ClipConfig, DataConfig, GuardConfig, ModelConfig, OptimConfig, TrainConfig
 from .errors import ConfigError
-from .fsutil import to_json
+from .fsutil import OutDir, clear_folder, folder_contents, to_json
 
 DEMO_STEPS = 200
 FAULTS = ("spike@{a}:1000", "lr@{b}:1000")
@@ -48,18 +47,33 @@ def demo_configs(out: str, steps: int | None = None) -> dict[str, TrainConfig]:
 
 def run_demo(out: str = "runs/demo", steps: int | None = None) -> dict:
     from rich.console import Console
+
+    console = Console(soft_wrap=True)
+    configs = demo_configs(out, steps)  # validates --steps before anything is touched
+
+    def replaceable(path: Path) -> bool:
+        """Whether ``path`` holds an earlier demo (to replace); `ConfigError` if it holds anything else."""
+        if not folder_contents(path):
+            return False
+        if not (path / "demo.json").is_file():
+            raise ConfigError(f"--out {out}: folder is not empty and holds no earlier demo; choose another folder")
+        return True
+
+    replaceable(Path(out))  # refused before the lock's file is written into someone's folder
+    folder = OutDir(out)  # held for the whole demo: a second demo into the same folder is refused
+    try:
+        if replaceable(folder.path):  # again, under the lock
+            clear_folder(folder.path)
+        return _demo(console, configs, folder.path)
+    finally:
+        folder.close()
+
+
+def _demo(console, configs: dict[str, TrainConfig], out_path: Path) -> dict:
     from rich.table import Table
 
     from .train.loop import TrainingRun
 
-    console = Console(soft_wrap=True)
-    out_path = Path(out)
-    configs = demo_configs(out, steps)  # validates --steps before anything is touched
-    if out_path.exists() and any(out_path.iterdir()):
-        if not (out_path / "demo.json").is_file():
-            raise ConfigError(f"--out {out}: folder is not empty and holds no earlier demo; choose another folder")
-        shutil.rmtree(out_path)
-    out_path.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     faults = ", ".join(configs["baseline"].guard.inject)
     console.print(f"[bold]steadylm demo[/]: two runs of the 'tiny' preset on builtin:pydoc, {configs['baseline'].steps} steps each, "

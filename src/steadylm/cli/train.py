@@ -109,13 +109,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         base = load_config_file(args.config) if args.config else {}
         cfg = TrainConfig.from_dict(merge(base, _train_overrides(args)), origin="flags")  # the file was checked as it was read
         run = TrainingRun(cfg, overwrite=args.overwrite)
-    summary = run.run()
-    if not run.dp.main:  # data-parallel: rank 0 reports for everyone
-        return 0
-    if not args.no_plots:
-        from ..report.plots import plot_run
+    summary = run.run(keep_lock=True)  # the plots are written under the run's lock too
+    try:
+        if not run.dp.main:  # data-parallel: rank 0 reports for everyone
+            return 0
+        if not args.no_plots:
+            from ..report.plots import plot_run
 
-        summary["plots"] = [str(p) for p in plot_run(run.out)]
+            summary["plots"] = [str(p) for p in plot_run(run.out)]
+    finally:
+        run.lock.release()
     print_summary(summary, as_json=args.json, title=f"run {run.out}")
     return 0
 

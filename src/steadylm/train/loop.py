@@ -645,12 +645,18 @@ class TrainingRun:
                         "from_step": target + 1, "until_step": self.lr_low_until})
         return target
 
-    def run(self) -> dict[str, Any]:
-        """Train to ``cfg.steps``, write the model and ``summary.json``, and return the summary."""
+    def run(self, *, keep_lock: bool = False) -> dict[str, Any]:
+        """Train to ``cfg.steps``, write the model and ``summary.json``, and return the summary.
+        The run folder's lock is released at the end, or, with ``keep_lock`` and a run that
+        finished, left held for the caller to write more there (the CLI's plots) and release."""
+        ok = False
         try:
-            return self._run()
+            summary = self._run()
+            ok = True
+            return summary
         finally:
-            self.lock.release()
+            if not (keep_lock and ok):
+                self.lock.release()
 
     def _run(self) -> dict[str, Any]:
         from ..progress import make_progress
