@@ -44,7 +44,7 @@ What is the same on both sides
 
 What steadylm does on top (measured as its cost): the spike/NaN guard and its host read, one
 metrics.jsonl line + TensorBoard scalars per step, the final checkpoint (after the timed window),
-a merged copy of a LoRA model for ``model/``. The Trainer side runs without checkpoints
+``model/`` (for LoRA also ``adapter/``, and ``model/`` merged in place). The Trainer side runs without checkpoints
 (``save_strategy="no"``), logs every step (``logging_steps=1``) and reports to nothing.
 
 How it is timed and counted
