@@ -189,3 +189,39 @@ def test_bad_fine_tuning_input_is_one_line_and_leaves_no_folder(chat_model, tmp_
     one_line_error(capsys, ["train", "--data", str(data), "--model", str(chat_model), "--context", "64",
                             "--corrupt-fraction", "0.1", "--out", str(out)], "--corrupt-fraction degrade text documents")
     assert not out.exists()
+
+
+def test_the_head_at_loss_positions_only_trains_as_the_full_head(chat_model, tmp_path, monkeypatch):
+    """Chat rows carry loss on a part of their positions, and the run's LM head projects those alone
+    (`LossPositions`); the losses, gradient norms and weights are the full head's, to rounding."""
+    import torch
+    from safetensors.torch import load_file
+
+    from steadylm.models.headrows import LossPositions
+
+    data = write_jsonl(tmp_path / "chat.jsonl", chats(24))
+    narrowed = []
+    took = LossPositions.took
+
+    def spy(self):
+        narrowed.append(took(self))
+        return narrowed[-1]
+
+    def run(name):
+        cfg = sft_config(tmp_path / name, data, chat_model, steps=5)
+        cfg.z_loss, cfg.monitor_every = 1e-3, 1
+        TrainingRun(cfg).run()
+
+    monkeypatch.setattr(LossPositions, "took", spy)
+    run("narrow")
+    assert len(narrowed) >= 5 and all(narrowed), narrowed  # every micro-batch (and validation batch) narrowed
+    monkeypatch.setattr(LossPositions, "select", lambda self, labels, ignore: None)  # the full head
+    run("full")
+    got, want = read_metrics(tmp_path / "narrow"), read_metrics(tmp_path / "full")
+    for a, b in zip(got, want, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["z_loss"] == pytest.approx(b["z_loss"], rel=1e-4)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        assert a["log_z_max"] == pytest.approx(b["log_z_max"], rel=1e-5)
+    a, b = (load_file(str(tmp_path / n / "model" / "model.safetensors")) for n in ("narrow", "full"))
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)

@@ -533,21 +533,25 @@ def heldout_loss(model, dataset: SFTDataset, *, batch_size: int = 8) -> tuple[fl
     ``dataset`` once, in row order: the fine-tuning counterpart of validation perplexity."""
     import torch.nn.functional as F
 
+    from ..models.headrows import LossPositions
+
     dev = next(model.parameters()).device
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=dev)
     count = 0
+    head = LossPositions(model)  # the LM head at the loss positions only
     try:
         with torch.no_grad():
             for start in range(0, len(dataset), batch_size):
                 batch = dataset.rows_at(torch.arange(start, min(start + batch_size, len(dataset))))
+                labels = batch.pop("labels")  # (B, T), on the host
+                count += int((labels != IGNORE).sum())
                 batch = {k: v.to(dev) for k, v in batch.items()}
-                y = batch.pop("labels")  # (B, T)
-                logits = model(**batch, use_cache=False).logits  # (B, T, V)
-                total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").double()
-                count += int((y != IGNORE).sum())
+                logits, y = head.logits(model, batch, labels, IGNORE)  # (B, T, V) and (B*T,), or (1, N, V) and (N,)
+                total += F.cross_entropy(logits.flatten(0, 1).float(), y, reduction="sum", ignore_index=IGNORE).double()
     finally:
+        head.remove()
         model.train(was_training)
     return float(total) / max(count, 1), count
 

@@ -277,6 +277,7 @@ class TrainingRun:
         from ..data.sft import is_fine_tuning_source
         from ..data.sources import degrade_documents, load_documents, split_documents
         from ..data.tokenizer import encode_documents, load_tokenizer, separator_id, train_bpe
+        from ..models.headrows import LossPositions
         from ..models.presets import build_model, load_model, model_context
         from .regularize import param_groups
         from .spikes import SpikeGuard
@@ -363,6 +364,9 @@ class TrainingRun:
         self.model = model  # the module without DDP or compile wrappers (sharded in place under FSDP)
         # what runs the forward pass; before the optimizer is made, since FSDP replaces the parameters
         self.forward_model = self.dp.prepare(model, compile=cfg.compile)
+        # the LM head at the loss positions only (fine-tuning rows); off under torch.compile, whose
+        # graphs would recompile for every count of loss positions
+        self.loss_positions = LossPositions(model, enabled=not cfg.compile)
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
         if cfg.compile:
             self._probe_compile()
@@ -783,11 +787,12 @@ class TrainingRun:
             batch = self.data.rows(first_sample + micro * B, B)  # input_ids, labels (B, T); position_ids if packed
             if dp.active:  # this rank's equal share of the global batch
                 batch = {k: v[dp.rank::dp.world] for k, v in batch.items()}  # (B/world, T) each
+            labels = batch.pop("labels")  # stays on the host: the loss positions are picked there
             batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
-            y = batch.pop("labels").reshape(-1)  # (B*T,)
             with stab.accumulate(), torch.autocast(dev.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-                logits = self.forward_model(**batch, use_cache=False).logits  # (B, T, V)
-            flat = logits.reshape(-1, logits.size(-1)).float()  # (B*T, V)
+                # (B, T, V) and (B*T,), or (1, N, V) and (N,) at the loss positions alone (fine-tuning rows)
+                logits, y = self.loss_positions.logits(self.forward_model, batch, labels, IGNORE)
+            flat = logits.reshape(-1, logits.size(-1)).float()  # (B*T, V) or (N, V)
             loss = F.cross_entropy(flat, y, ignore_index=IGNORE)
             if "nan" in fire:
                 loss = loss * float("nan")
